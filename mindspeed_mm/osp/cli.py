@@ -1,0 +1,33 @@
+"""The `osp` command. Each area registers its own subcommands; heavy imports happen inside the handlers."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# Modules with a `register(subparsers)` function, in the order `osp --help` lists them.
+COMMAND_MODULES = (
+    "mindspeed_mm.osp.envinfo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="osp", description="Open-Sora Plan on Ascend and CUDA (mindspeed_mm.osp)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

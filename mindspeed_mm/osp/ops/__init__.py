@@ -1,0 +1,1 @@
+"""Operators shared by the models: attention backends, Skiparse rearrangements, RoPE, norms."""

@@ -1,0 +1,35 @@
+"""mindspeed_mm.osp: Open-Sora Plan (WF-VAE, Skiparse DiT, SUV) training and sampling, Ascend-first with a CUDA port.
+
+`mindspeed_mm` is a namespace package here: we ship only `mindspeed_mm/osp/`, never `mindspeed_mm/__init__.py`,
+so this package installs next to Ascend's MindSpeed-MM (which owns a regular `mindspeed_mm` package) without
+overwriting any of its files. See README "Coexisting with MindSpeed-MM".
+"""
+from setuptools import find_namespace_packages, setup
+
+EXTRAS = {
+    "test": ["pytest>=7"],
+    # PyAV first; decord (fast, what Open-Sora Plan uses) and OpenCV are picked up when installed.
+    "video": ["av>=11", "opencv-python-headless>=4.8"],
+    "megatron": ["megatron-core>=0.12.1,<0.17"],
+    "text": ["transformers>=4.40", "sentencepiece"],
+    # MindSpore 2.10 breaks in PyNative with numpy 2.x (shared specs, ascend.md A2): pin numpy < 2 with it.
+    "mindspore": ["mindspore>=2.6,<2.11", "numpy<2"],
+    "diffusers": ["diffusers>=0.30"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="mindspeed-mm-osp",
+    version="0.1.0",
+    description=__doc__.splitlines()[0],
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_namespace_packages(include=["mindspeed_mm.osp", "mindspeed_mm.osp.*"]),
+    package_data={"mindspeed_mm.osp": ["configs/*.json"]},
+    python_requires=">=3.10,<3.13",
+    install_requires=["torch>=2.1", "numpy>=1.24", "einops>=0.7", "safetensors>=0.4", "tqdm>=4.60"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["osp = mindspeed_mm.osp.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3.10", "Programming Language :: Python :: 3.11",
+                 "Programming Language :: Python :: 3.12"],
+)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create ./.venv with everything the tests and the CPU jobs need, then install this package (editable).
+#   bash tools/bootstrap_env.sh            # torch (CPU), megatron-core, video I/O, MindSpore, test tools
+#   OSP_EXTRAS=test,video bash tools/bootstrap_env.sh   # a smaller set
+# torch is pinned first so pip never pulls a CUDA build of several GB onto a CPU machine; on a GPU or Ascend
+# machine install your platform's torch (and torch_npu with CANN) before `pip install -e .[...]` instead.
+# torch_npu is never installed here: without the CANN toolkit it breaks `import torch` itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+EXTRAS=${OSP_EXTRAS:-test,video,mindspore,megatron}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip >/dev/null 2>&1 || true
+pip install -q "torch==${OSP_TORCH_VERSION:-2.13.0}" "numpy<2"
+pip install -q -e ".[${EXTRAS}]"
+python -c "import torch, numpy; print(f'osp env ready: torch {torch.__version__}, numpy {numpy.__version__}')"
