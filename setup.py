@@ -4,7 +4,19 @@
 so this package installs next to Ascend's MindSpeed-MM (which owns a regular `mindspeed_mm` package) without
 overwriting any of its files. See README "Coexisting with MindSpeed-MM".
 """
+import os
+
 from setuptools import find_namespace_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithPth(build_py):
+    """Also install mindspeed_mm_osp.pth, which keeps mindspeed_mm.osp importable next to MindSpeed-MM."""
+
+    def run(self):
+        super().run()
+        self.copy_file("mindspeed_mm_osp.pth", os.path.join(self.build_lib, "mindspeed_mm_osp.pth"))
+
 
 EXTRAS = {
     "test": ["pytest>=7"],
@@ -25,6 +37,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_namespace_packages(include=["mindspeed_mm.osp", "mindspeed_mm.osp.*"]),
+    py_modules=["mindspeed_mm_osp_finder"],
+    cmdclass={"build_py": BuildPyWithPth},
     package_data={"mindspeed_mm.osp": ["configs/*.json"]},
     python_requires=">=3.10,<3.13",
     install_requires=["torch>=2.1", "numpy>=1.24", "einops>=0.7", "safetensors>=0.4", "tqdm>=4.60"],

@@ -48,14 +48,28 @@ def test_coexists_with_mindspeed_mm_regular_package(tmp_path):
     assert out.stdout.strip() == "True"
 
 
-def test_shadowing_checkout_is_reported(tmp_path):
-    """A MindSpeed-MM source checkout first on sys.path hides our package: the import error is explicit."""
+def test_finder_recovers_osp_behind_a_shadowing_checkout(tmp_path):
+    """A MindSpeed-MM source checkout first on sys.path hides namespace portions; our .pth finder recovers it."""
+    import site
     import mindspeed_mm.osp
     from pathlib import Path
     repo_root = Path(mindspeed_mm.osp.__file__).parents[2]
-    (tmp_path / "mindspeed_mm").mkdir()
-    (tmp_path / "mindspeed_mm" / "__init__.py").write_text("")
-    env = {"PYTHONPATH": f"{tmp_path}:{repo_root}"}
-    out = subprocess.run([sys.executable, "-c", "import mindspeed_mm.osp"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
-    assert out.returncode != 0 and "mindspeed_mm.osp" in out.stderr
+    checkout = tmp_path / "MindSpeed-MM"
+    (checkout / "mindspeed_mm").mkdir(parents=True)
+    (checkout / "mindspeed_mm" / "__init__.py").write_text("CHECKOUT = True\n")
+    sitedir = tmp_path / "site"  # what a wheel install lays out: the finder module and its .pth
+    sitedir.mkdir()
+    (sitedir / "mindspeed_mm").symlink_to(repo_root / "mindspeed_mm", target_is_directory=True)
+    for name in ("mindspeed_mm_osp_finder.py", "mindspeed_mm_osp.pth"):
+        (sitedir / name).write_text((repo_root / name).read_text())
+    probe = "import mindspeed_mm, mindspeed_mm.osp.envinfo as e; print(mindspeed_mm.CHECKOUT, e.__name__)"
+    env = {"PYTHONPATH": str(checkout)}
+    # -S: no site-packages of the test venv (an editable install has a finder of its own).
+    without = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.append({str(sitedir)!r}); {probe}"],
+                             env=env, capture_output=True, text=True)
+    assert without.returncode != 0 and "mindspeed_mm.osp" in without.stderr
+    with_pth = subprocess.run([sys.executable, "-S", "-c",
+                               f"import site; site.addsitedir({str(sitedir)!r}); {probe}"],
+                              env=env, capture_output=True, text=True)
+    assert with_pth.returncode == 0, with_pth.stderr
+    assert with_pth.stdout.split() == ["True", "mindspeed_mm.osp.envinfo"]

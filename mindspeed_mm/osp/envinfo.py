@@ -93,12 +93,6 @@ def warnings_for(info: dict) -> list[str]:
                        "(MindSpeed pins 0.12.1; CUDA users 0.16.x).")
         if _major_minor(meg) <= (0, 12) and numpy_v and _major_minor(numpy_v)[0] >= 2:
             out.append(f"megatron-core {meg} calls np.product, removed in numpy {numpy_v}: install 'numpy<2'.")
-    ns = info["mindspeed_mm namespace"]
-    if not ns["osp_visible"]:
-        out.append("`mindspeed_mm` resolves to a regular package at " + ", ".join(ns["locations"]) +
-                   " that hides mindspeed_mm.osp (a MindSpeed-MM source checkout first on sys.path?). Install "
-                   "both packages into one environment (pip install MindSpeed-MM, then this package), or run "
-                   "from outside the MindSpeed-MM checkout. See README 'Coexisting with MindSpeed-MM'.")
     return out
 
 
@@ -112,7 +106,8 @@ def format_report(info: dict) -> str:
         lines.append(f"{key:>20}: {value if value is not None else 'not installed'}")
     ns = info["mindspeed_mm namespace"]
     kind = "regular package (MindSpeed-MM)" if ns["regular_package"] else "namespace package"
-    lines.append(f"{'mindspeed_mm':>20}: {kind} at {', '.join(ns['locations'])}")
+    route = "" if ns["osp_visible"] else " (osp reached through mindspeed_mm_osp_finder: a checkout shadows it)"
+    lines.append(f"{'mindspeed_mm':>20}: {kind} at {', '.join(ns['locations'])}{route}")
     for w in info["warnings"]:
         lines.append(f"WARNING: {w}")
     return "\n".join(lines)
