@@ -114,13 +114,19 @@ def test_flash_attn_rejects_fp32():
         A.attention(q, k, v, backend="flash_attn")
 
 
-def test_emulated_backends_unavailable_outside_emulation():
-    assert "npu_fusion" not in A.available_backends()
-    assert "flash_attn" not in A.available_backends()
-    with pytest.raises(RuntimeError, match="not usable here"):
-        A.get_backend("npu_fusion")
-    with emulate_torch_npu():
-        assert "npu_fusion" in A.available_backends()
+def test_availability_follows_the_machine_outside_emulation():
+    import importlib.util
+
+    from mindspeed_mm.osp import platform
+
+    has_flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    assert ("npu_fusion" in A.available_backends()) == platform.npu_available()
+    assert ("flash_attn" in A.available_backends()) == has_flash
+    if not platform.npu_available():
+        with pytest.raises(RuntimeError, match="not usable here"):
+            A.get_backend("npu_fusion")
+    with emulate_torch_npu(), emulate_flash_attn():
+        assert {"npu_fusion", "flash_attn"} <= set(A.available_backends())
 
 
 @pytest.mark.parametrize("layout,expected", [("BNSD", "BNSD"), ("BSND", "BSND"), ("BSH", "BSND"), ("SBH", "SBH")])
