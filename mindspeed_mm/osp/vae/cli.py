@@ -24,28 +24,32 @@ def register(subparsers) -> None:
     vae.set_defaults(func=lambda args: (vae.print_help(), 2)[1])
 
     p = sub.add_parser(
-        "reconstruct", help="encode + decode a video with a WF-VAE, print PSNR/SSIM, write the reconstruction",
+        "reconstruct", help="encode + decode a video, print PSNR/SSIM, write the reconstruction",
         description="Encode IN with the WF-VAE (posterior mode), decode, write OUT as mp4 and print PSNR/SSIM of the "
                     "round trip (computed on the tensors, before mp4 compression).",
         usage="osp vae reconstruct IN.mp4 OUT.mp4 --model PATH [options]\n"
               "       osp vae reconstruct --demo OUT.mp4 [options]")
     p.add_argument("paths", nargs="*", metavar="IN.mp4 OUT.mp4", help="input video and output path "
                    "(with --demo: only the output path)")
-    p.add_argument("--model", help="WF-VAE checkpoint: a directory (save_pretrained / released layout) or file")
+    p.add_argument("--model", metavar="PATH", help="WF-VAE checkpoint: a directory (save_pretrained / released layout) or file")
     p.add_argument("--demo", action="store_true",
                    help="no input or weights needed: synthesise a clip and use a randomly initialised tiny WF-VAE")
-    p.add_argument("--preset", default=None,
+    p.add_argument("--preset", default=None, metavar="NAME",
                    help=f"with --demo: WF-VAE preset to initialise randomly (default {DEMO_PRESET})")
-    p.add_argument("--chunk-frames", type=int, default=None,
-                   help="temporal chunk size for the causal-cache encode/decode (default: the whole clip at once)")
+    p.add_argument("--chunk-frames", type=int, default=None, metavar="N",
+                   help="encode N video frames at a time, decode max(1, N // R) latent frames at a time (causal "
+                        "cache: same output as the whole clip, less memory). Default: whole clip "
+                        f"(--demo: {DEMO_CHUNK_FRAMES})")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="VAE compute dtype (default: bf16 on GPU/NPU as in the official eval, fp32 on CPU)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, npu:0, ... (default: detected)")
-    p.add_argument("--num-frames", type=int, default=None,
-                   help="frames to take (default: all); the VAE needs 1 + R*n (R = 4 for v1.3, 8 for v1.5)")
-    p.add_argument("--start", type=int, default=0, help="first frame to take")
-    p.add_argument("--stride", type=int, default=1, help="take every N-th frame (sample rate)")
-    p.add_argument("--resolution", type=int, default=None, help="resize the short side to S pixels first")
+    p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1, npu:0, ... (default: detected)")
+    p.add_argument("--num-frames", type=int, default=None, metavar="N",
+                   help="frames to take (default: all); the VAE needs 1 + R*n (R = 4 for v1.3, 8 for v1.5). "
+                        f"--demo: frames to synthesise (default {DEMO_FRAMES})")
+    p.add_argument("--start", type=int, default=0, metavar="N", help="first frame to take")
+    p.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame (sample rate)")
+    p.add_argument("--resolution", type=int, default=None, metavar="S",
+                   help=f"resize the short side to S pixels first (--demo: frame size S x S, default {DEMO_SIZE})")
     p.add_argument("--center-crop", action="store_true", help="after resizing, center-crop to S x S")
     p.add_argument("--pad", action="store_true",
                    help="pad frames/size the VAE cannot take (T != 1 + R*n, H/W not multiples of 8) and crop back")
