@@ -21,7 +21,11 @@ DEFAULT_FPS = 24.0
 def register(subparsers) -> None:
     vae = subparsers.add_parser("vae", help="WF-VAE tools (reconstruct a video)")
     sub = vae.add_subparsers(dest="vae_command", metavar="SUBCOMMAND")
-    vae.set_defaults(func=lambda args: (vae.print_help(), 2)[1])
+
+    def show_help(_args: argparse.Namespace) -> int:
+        vae.print_help()
+        return 2
+    vae.set_defaults(func=show_help)
 
     p = sub.add_parser(
         "reconstruct", help="encode + decode a video, print PSNR/SSIM, write the reconstruction",
