@@ -25,7 +25,7 @@ import torch
 
 __all__ = [
     "padded_length", "pad_tokens", "skiparse", "unskiparse", "skiparse_key_mask", "repeat_batch",
-    "mean_over_groups", "group_ids",
+    "mean_over_groups", "group_ids", "skiparse_attention",
 ]
 
 
@@ -129,3 +129,48 @@ def group_ids(length: int, k: int, group: bool, device=None) -> torch.Tensor:
     n = torch.arange(length, device=device)
     return (n // k) % k if group else n % k
 
+
+
+def skiparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sparsity: int, group: bool,
+                       text_k: torch.Tensor | None = None, text_v: torch.Tensor | None = None,
+                       text_mask: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+                       scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+    """Skiparse self-attention of video tokens, without rearranging them for the caller.
+
+    q, k, v: (B, heads, N, head_dim) with the N video tokens in their **original** order; padding to a multiple
+    of k^2 is handled inside (padded keys never attended, padded queries dropped). Each token attends to the
+    tokens of its sub-sequence (`group_ids`); with `text_k`/`text_v` (B, heads, L, head_dim) every sub-sequence
+    also attends to the same L text keys (the key side of v1.5 joint attention). Masks are boolean,
+    **True = masked**: `key_mask` (B, N) over video keys, `text_mask` (B, L) over text keys. A query with no
+    visible key returns zeros. Returns (B, heads, N, head_dim) in the original order.
+
+    backend: "reference", "rearrange[:<attention backend>]", "ascendc_shim", "ascendc", "triton_skiparse";
+    None picks ascendc on NPU, triton_skiparse on CUDA, else rearrange over the default attention backend.
+    """
+    from .skiparse_kernels import SkiparseInputs, default_scale, resolve_backend
+
+    _check_k(sparsity)
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one BNSD shape (B, heads, N, head_dim); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    b, h, n, d = q.shape
+    if (text_k is None) != (text_v is None):
+        raise ValueError("pass both text_k and text_v, or neither")
+    if text_k is not None:
+        if text_k.dim() != 4 or text_k.shape[:2] != (b, h) or text_k.shape[3] != d or text_v.shape != text_k.shape:
+            raise ValueError(f"text_k/text_v must be (B, heads, L, head_dim) = ({b}, {h}, L, {d}); got "
+                             f"{tuple(text_k.shape)} and {tuple(text_v.shape)}")
+    elif text_mask is not None:
+        raise ValueError("text_mask masks text keys: pass text_k/text_v with it")
+    for name, m, length in (("key_mask", key_mask, n), ("text_mask", text_mask, None if text_k is None else
+                                                         text_k.shape[2])):
+        if m is None:
+            continue
+        if m.dtype != torch.bool:
+            raise TypeError(f"{name} must be boolean (True = masked), got {m.dtype}")
+        if tuple(m.shape) != (b, length):
+            raise ValueError(f"{name} shape {tuple(m.shape)} must be (batch, tokens) = ({b}, {length})")
+    x = SkiparseInputs(q, k, v, sparsity, bool(group), default_scale(d) if scale is None else float(scale),
+                       text_k, text_v, key_mask, text_mask)
+    fn, _ = resolve_backend(backend, q.device)
+    return fn(x)
