@@ -72,3 +72,50 @@ long skiparse_shim_violations() { return ascendc_shim::state().violations; }
 long skiparse_shim_truncated_copies() { return ascendc_shim::state().truncatedCopies; }
 
 }  // extern "C"
+
+// MindSpore ops.Custom(func="lib.so:SkiparseAttentionAot", func_type="aot") entry points on CPU.
+// Inputs: q, k, v (B, N, S, D), text_k, text_v (B, N, L, D; ignored when config[3] == 0), key_mask (B, S + L) uint8
+// (ignored when config[4] == 0), config float32 [sparsity, group, scale, has_text, has_mask];
+// forward outputs: out, softmax_max, softmax_sum; backward extra inputs: out, dout, softmax_max, softmax_sum and
+// outputs dq, dk, dv, dtext_k, dtext_v.
+namespace {
+struct AotArgs {
+    int dtype;
+    uint32_t b, h, n, l, d, sparsity, group;
+    float scale;
+    bool hasText, hasMask;
+};
+bool ParseAot(void** params, int* ndims, int64_t** shapes, const char** dtypes, int configIndex, AotArgs& a) {
+    if (ndims[0] != 4) return false;
+    const float* config = static_cast<const float*>(params[configIndex]);
+    a.dtype = std::strcmp(dtypes[0], "float16") == 0 ? 0 : (std::strcmp(dtypes[0], "bfloat16") == 0 ? 1 : -1);
+    a.b = shapes[0][0]; a.h = shapes[0][1]; a.n = shapes[0][2]; a.d = shapes[0][3];
+    a.sparsity = static_cast<uint32_t>(config[0]);
+    a.group = static_cast<uint32_t>(config[1]);
+    a.scale = config[2];
+    a.hasText = config[3] != 0.0f;
+    a.hasMask = config[4] != 0.0f;
+    a.l = a.hasText ? static_cast<uint32_t>(shapes[3][2]) : 0;
+    return a.dtype >= 0;
+}
+}  // namespace
+
+extern "C" int SkiparseAttentionAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                    void*, void*) {
+    AotArgs a;
+    if (nparam != 10 || !ParseAot(params, ndims, shapes, dtypes, 6, a)) return 1;
+    return skiparse_shim_forward(a.dtype, params[0], params[1], params[2], a.hasText ? params[3] : nullptr,
+                                 a.hasText ? params[4] : nullptr, a.hasMask ? params[5] : nullptr, params[7],
+                                 params[8], params[9], a.b, a.h, a.n, a.l, a.d, a.sparsity, a.group, a.scale, 0, 0, 4);
+}
+
+extern "C" int SkiparseAttentionGradAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                        void*, void*) {
+    AotArgs a;
+    if (nparam != 16 || !ParseAot(params, ndims, shapes, dtypes, 10, a)) return 1;
+    return skiparse_shim_backward(a.dtype, params[0], params[1], params[2], a.hasText ? params[3] : nullptr,
+                                  a.hasText ? params[4] : nullptr, a.hasMask ? params[5] : nullptr, params[6],
+                                  params[7], params[8], params[9], params[11], params[12], params[13],
+                                  a.hasText ? params[14] : nullptr, a.hasText ? params[15] : nullptr, a.b, a.h, a.n,
+                                  a.l, a.d, a.sparsity, a.group, a.scale, 0, 0, 4);
+}

@@ -196,7 +196,7 @@ public:
     }
 
     __aicore__ inline void Process() {
-        for (uint32_t item = GetBlockIdx(); item < B::qItems_; item += GetBlockNum()) {
+        for (uint32_t item = GetBlockIdx(); item < B::qItems_; item += B::tiling_.usedCoreNum) {
             uint32_t bh, r;
             RowTile qt = B::QueryTile(item, bh, r);
             if (qt.rows == 0) continue;
@@ -398,7 +398,7 @@ public:
         const uint32_t kItems = bhCount * B::k_ * B::lanes_ * kTilesPerLane_;
         const uint32_t textItems = bhCount * B::TextTiles();
         const uint32_t total = B::qItems_ + kItems + textItems;
-        for (uint32_t item = GetBlockIdx(); item < total; item += GetBlockNum()) {
+        for (uint32_t item = GetBlockIdx(); item < total; item += B::tiling_.usedCoreNum) {
             if (item < B::qItems_) {
                 uint32_t bh, r;
                 RowTile qt = B::QueryTile(item, bh, r);

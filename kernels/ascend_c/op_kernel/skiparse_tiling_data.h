@@ -19,7 +19,7 @@ struct SkiparseTilingData {
     uint32_t hasMask;      // key mask (B, seqLen + textLen) uint8, 1 = masked
     uint32_t blockRows;    // Br: query rows per tile
     uint32_t blockCols;    // Bc: key rows per tile
-    uint32_t usedCoreNum;  // blockDim
+    uint32_t usedCoreNum;  // vector blocks sharing the work (AIV count: 2 x blockDim in MIX_AIC_1_2 mode)
     uint32_t workspacePerCore;  // bytes of user workspace per block
     float scale;
     TCubeTiling mmScore;   // Br x Bc x D, B transposed: S = Q K^T and dP = dO V^T
