@@ -68,6 +68,9 @@ def build_library() -> Path:
             os.unlink(tmp)
             raise RuntimeError(f"building the Ascend C shim library failed:\n{' '.join(cmd)}\n{result.stderr}")
         os.replace(tmp, lib)
+        for stale in build_dir.glob("libskiparse_shim-*.so"):  # builds of older sources
+            if stale != lib:
+                stale.unlink(missing_ok=True)
     return lib
 
 
