@@ -1,7 +1,7 @@
 """Fused Skiparse attention vs rearrange + dense attention: time, TFLOP/s and speed-up, forward and forward+backward.
 
     python benchmarks/skiparse_kernel_bench.py                       # CUDA: triton_skiparse vs rearrange:sdpa
-    python benchmarks/skiparse_kernel_bench.py --fused ascendc --baseline rearrange:npu_fusion   # NPU, if registered
+    python benchmarks/skiparse_kernel_bench.py --fused ascendc --baseline rearrange:<NPU attention backend>
     python benchmarks/skiparse_kernel_bench.py --tokens 8192 16384 --sparsity 4 --dtype bf16
 
 Shapes: batch 1, 24 heads x 128, video tokens in original order (8k-64k), k in {2, 4, 8}, single and group skip.
