@@ -118,7 +118,8 @@ template <typename T> inline T fromF(float x) { return static_cast<T>(x); }
 namespace AscendC {
 
 enum class TPosition { GM, VECIN, VECOUT, VECCALC, A1, B1, A2, B2, CO1, CO2 };
-enum class HardEvent { MTE2_V, V_MTE3, MTE3_V, MTE3_MTE2, MTE2_MTE3, V_MTE2 };
+enum class HardEvent { MTE2_V, V_MTE3, MTE3_V, MTE3_MTE2, MTE2_MTE3, V_MTE2, MTE2_S, V_S, S_V };
+using event_t = int32_t;
 enum pipe_t { PIPE_S, PIPE_V, PIPE_MTE2, PIPE_MTE3, PIPE_M, PIPE_ALL };
 enum class RoundMode { CAST_NONE, CAST_RINT, CAST_ROUND, CAST_FLOOR, CAST_CEIL, CAST_TRUNC };
 
@@ -234,9 +235,17 @@ public:
     }
 };
 
+class TPipe;
+inline TPipe*& CurrentPipe() {
+    static TPipe* pipe = nullptr;
+    return pipe;
+}
+
 class TPipe {
 public:
-    TPipe() { used_ = 0; buffers_ = 0; }
+    TPipe() { used_ = 0; buffers_ = 0; CurrentPipe() = this; }
+    ~TPipe() { if (CurrentPipe() == this) CurrentPipe() = nullptr; }
+    int32_t FetchEventID(HardEvent) { return 0; }
     template <class Q> void InitBuffer(Q& q, uint32_t num, uint32_t len) { carve(q, num, len); }
     template <TPosition POS> void InitBuffer(TBuf<POS>& b, uint32_t len) { carve(b, 1, len); }
     void Destroy() {}
@@ -263,6 +272,11 @@ private:
     uint32_t used_;
     uint32_t buffers_;
 };
+
+inline TPipe* GetTPipePtr() {
+    if (CurrentPipe() == nullptr) ascendc_shim::fatal("GetTPipePtr: no TPipe constructed");
+    return CurrentPipe();
+}
 
 // ------------------------------------------------------------------------------------------------ data movement
 struct DataCopyParams {

@@ -25,6 +25,14 @@ constexpr float kRunningMaxFloor = -3.0e38f;  // finite start of the running max
 constexpr uint32_t kStatWidth = 8;            // fp32 per saved statistic row (one 32-byte block)
 constexpr uint32_t kBlock = 32;
 
+// Make results of one pipe visible to another (e.g. vector results read by scalar GetValue).
+template <HardEvent E>
+__aicore__ inline void WaitPipe() {
+    event_t id = static_cast<event_t>(GetTPipePtr()->FetchEventID(E));
+    SetFlag<E>(id);
+    WaitFlag<E>(id);
+}
+
 // A tile of rows taken from one lane (or from the text tokens): GM rows first, first + rowStride, ...
 struct RowTile {
     uint64_t elemOffset;  // offset of the first row in the (B, heads, S, D) tensor, elements
@@ -127,6 +135,7 @@ protected:
             uint8_t masked = maskGm_.GetValue(rowBase + kt.maskIndex + static_cast<uint64_t>(j) * kt.maskStride);
             bias.SetValue(j, masked ? kNegInf : 0.0f);
         }
+        WaitPipe<HardEvent::S_V>();
     }
 
     __aicore__ inline uint32_t KeyTilesOfLane(const SkiparseLane& lane) { return SkiparseCeilDiv(lane.count, bc_); }
@@ -250,6 +259,7 @@ private:
             Muls(row, row, B::tiling_.scale, cols);
             if (B::tiling_.hasMask) Add(row, row, bias, cols);
             ReduceMax(work, row, work[kBlock], cols);
+            WaitPipe<HardEvent::V_S>();
             float tileMax = work.GetValue(0);
             float prevMax = runMax.GetValue(i);
             float m = tileMax > prevMax ? tileMax : prevMax;
@@ -257,10 +267,12 @@ private:
             Adds(row, row, -m, cols);
             Exp(row, row, cols);
             ReduceSum(work, row, work[kBlock], cols);
+            WaitPipe<HardEvent::V_S>();
             tileSum.SetValue(i, work.GetValue(0));
             Cast(p[i * bc], row, RoundMode::CAST_RINT, cols);
         }
         // alpha = exp(old max - new max); running sum = alpha * sum + tile sum; running max = new max
+        WaitPipe<HardEvent::S_V>();
         Sub(alpha, runMax, newMax, rows);
         Exp(alpha, alpha, rows);
         Mul(runSum, runSum, alpha, rows);
@@ -287,6 +299,7 @@ private:
         inPV_.EnQue(pv);
         pv = inPV_.template DeQue<float>();
         LocalTensor<float> acc = accBuf_.template Get<float>();
+        WaitPipe<HardEvent::V_S>();
         for (uint32_t i = 0; i < rows; ++i) {
             Muls(acc[i * d], acc[i * d], alpha.GetValue(i), d);
             Add(acc[i * d], acc[i * d], pv[i * d], d);
@@ -300,6 +313,7 @@ private:
         LocalTensor<float> runMax = maxBuf_.template Get<float>();
         LocalTensor<float> runSum = sumBuf_.template Get<float>();
         LocalTensor<T> o = outO_.template AllocTensor<T>();
+        WaitPipe<HardEvent::V_S>();
         for (uint32_t i = 0; i < rows; ++i) {
             float sum = runSum.GetValue(i);
             Muls(acc[i * d], acc[i * d], sum > 0.0f ? 1.0f / sum : 0.0f, d);  // fully masked rows give 0
@@ -449,6 +463,7 @@ private:
         LocalTensor<float> a = rowABuf_.template Get<float>();
         LocalTensor<float> b = rowBBuf_.template Get<float>();
         LocalTensor<float> work = workBuf_.template Get<float>();
+        WaitPipe<HardEvent::MTE2_S>();
         for (uint32_t i = 0; i < rows; ++i) {
             runMax.SetValue(i, mx.GetValue(i * kStatWidth));
             float sum = sm.GetValue(i * kStatWidth);
@@ -457,6 +472,7 @@ private:
             Cast(b, go[i * d], RoundMode::CAST_NONE, d);
             Mul(a, a, b, d);
             ReduceSum(work, a, work[kBlock], d);
+            WaitPipe<HardEvent::V_S>();
             delta.SetValue(i, work.GetValue(0));
         }
         inStat_.FreeTensor(mx);
