@@ -168,6 +168,8 @@ def test_rearrange_over_attention_backend_matches_reference():
     ref, _ = run("reference", x, 4, True)
     out, _ = run("rearrange:sdpa", x, 4, True)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    auto, _ = run(None, x, 4, True)  # CPU tensors: rearrange over the default attention backend
+    torch.testing.assert_close(auto, ref, atol=1e-5, rtol=1e-5)
 
 
 def _run_shim_snippet(code: str, strict: bool) -> subprocess.CompletedProcess:

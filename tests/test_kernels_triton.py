@@ -45,3 +45,17 @@ def test_triton_forward_backward_match_reference(sparsity, group, n, d, text):
         if want is not None:
             err = (got.grad.cpu().float() - want.grad.float()).abs().max() / want.grad.float().abs().max()
             assert err.item() < 5e-3
+
+
+def test_triton_fully_masked_rows_give_zeros():
+    q, k, v = (torch.randn(2, 1, 20, 64).half().to(DEVICE).requires_grad_() for _ in range(3))
+    mask = torch.zeros(2, 20, dtype=torch.bool)
+    mask[1] = True  # batch 1 sees no key
+    out = triton_skiparse_attention(q, k, v, sparsity=2, group=False, scale=0.125, key_mask=mask.to(DEVICE),
+                                    block_m=16, block_n=16)
+    out.float().sum().backward()
+    assert torch.all(out[1] == 0) and torch.isfinite(out).all()
+    assert torch.all(q.grad[1] == 0) and torch.isfinite(k.grad).all() and torch.isfinite(v.grad).all()
+    ref = skiparse_attention(q.detach().cpu(), k.detach().cpu(), v.detach().cpu(), sparsity=2, group=False,
+                             key_mask=mask, scale=0.125, backend="reference")
+    assert (out.detach().cpu().float() - ref.float()).abs().max().item() < 2e-3

@@ -91,21 +91,27 @@ def _fwd_kernel(Q, K, V, TK, TV, Mask, Out, Lse, n, text_len, heads, scale,
 
 
 @triton.jit
-def _bwd_probs(q, do, lse, delta, k_ptr, v_ptr, mask_ptr, rows, ok, mask_idx, scale,
-               HAS_MASK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """P and dS (BLOCK_M x BLOCK_N) for a query block and the key rows `rows`; also returns K and V."""
+def _load_keys(k_ptr, v_ptr, mask_ptr, rows, ok, mask_idx, HAS_MASK: tl.constexpr, D: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """K and V rows (BLOCK_N x BLOCK_D) and which of them are visible (in range and not masked)."""
     d = tl.arange(0, BLOCK_D)
     kv_mask = ok[:, None] & (d[None, :] < D)
     k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(v_ptr + rows[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
-    s = tl.dot(q, tl.trans(k)) * scale
     if HAS_MASK:
         hidden = tl.load(mask_ptr + mask_idx, mask=ok, other=1)
         ok = ok & (hidden == 0)
-    p = tl.where(ok[None, :], tl.exp(s - lse[:, None]), 0.0)
+    return k, v, ok
+
+
+@triton.jit
+def _bwd_probs(q, do, lse, delta, k, v, visible, scale):
+    """P and dS (BLOCK_M x BLOCK_N) of a query block against loaded keys."""
+    s = tl.dot(q, tl.trans(k)) * scale
+    p = tl.where(visible[None, :], tl.exp(s - lse[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v))
     ds = p * (dp - delta[:, None])
-    return p, ds, k, v
+    return p, ds
 
 
 @triton.jit
@@ -139,16 +145,18 @@ def _bwd_dq_kernel(Q, K, V, TK, TV, Mask, DO, Lse, Delta, DQ, n, text_len, heads
                 cols = start + tl.arange(0, BLOCK_N)
                 ok = cols < count2
                 rows = (base2 + cols * stride2).to(tl.int64)
-                p, ds, k, v = _bwd_probs(q, do, lse, delta, K + bh * n * D, V + bh * n * D, mask_row, rows, ok,
-                                         rows, scale, HAS_MASK, D, BLOCK_D)
+                k, v, visible = _load_keys(K + bh * n * D, V + bh * n * D, mask_row, rows, ok, rows, HAS_MASK, D,
+                                           BLOCK_D)
+                p, ds = _bwd_probs(q, do, lse, delta, k, v, visible, scale)
                 dq += tl.dot(ds.to(k.dtype), k)
         if HAS_TEXT:
             for start in range(0, text_len, BLOCK_N):
                 cols = start + tl.arange(0, BLOCK_N)
                 ok = cols < text_len
                 rows = cols.to(tl.int64)
-                p, ds, k, v = _bwd_probs(q, do, lse, delta, TK + bh * text_len * D, TV + bh * text_len * D,
-                                         mask_row, rows, ok, n + rows, scale, HAS_MASK, D, BLOCK_D)
+                k, v, visible = _load_keys(TK + bh * text_len * D, TV + bh * text_len * D, mask_row, rows, ok,
+                                           n + rows, HAS_MASK, D, BLOCK_D)
+                p, ds = _bwd_probs(q, do, lse, delta, k, v, visible, scale)
                 dq += tl.dot(ds.to(k.dtype), k)
         tl.store(DQ + offs, (dq * scale).to(DQ.dtype.element_ty), mask=io_mask)
 
@@ -184,6 +192,8 @@ def _bwd_dkdv_kernel(Q, K, V, Mask, DO, Lse, Delta, DK, DV, n, key_len, mask_off
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         mask_row = Mask + b * (n + text_len)
+        k, v, visible = _load_keys(K + bh * key_len * D, V + bh * key_len * D, mask_row, krows, col_ok,
+                                   mask_offset + krows, HAS_MASK, D, BLOCK_D)
         for r in range(r_begin, r_end):
             for c2 in range(LANES):
                 base, stride, count = _lane(n, r, c2, SPARSITY, GROUP)
@@ -197,8 +207,7 @@ def _bwd_dkdv_kernel(Q, K, V, Mask, DO, Lse, Delta, DK, DV, n, key_len, mask_off
                     do = tl.load(DO + offs, mask=io_mask, other=0.0)
                     lse = tl.load(Lse + bh * n + tok, mask=row_ok, other=float("inf"))
                     delta = tl.load(Delta + bh * n + tok, mask=row_ok, other=0.0)
-                    p, ds, k, v = _bwd_probs(q, do, lse, delta, K + bh * key_len * D, V + bh * key_len * D, mask_row,
-                                             krows, col_ok, mask_offset + krows, scale, HAS_MASK, D, BLOCK_D)
+                    p, ds = _bwd_probs(q, do, lse, delta, k, v, visible, scale)
                     dv += tl.dot(tl.trans(p.to(do.dtype)), do)
                     dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
         offs = (bh * key_len + krows)[:, None] * D + d[None, :]
