@@ -300,6 +300,8 @@ template <typename T> inline uint32_t copyBytes(uint32_t count) {
 }
 template <typename T> inline void strided(T* dst, const T* src, const DataCopyParams& p) {
     const uint64_t blk = ascendc_shim::kBlockBytes;
+    if (p.blockCount > 4095) ascendc_shim::violation("strided DataCopy: blockCount above 4095");
+    if (p.blockLen == 0) ascendc_shim::violation("strided DataCopy: blockLen 0 (units are 32-byte blocks)");
     auto* d = reinterpret_cast<uint8_t*>(dst);
     auto* s = reinterpret_cast<const uint8_t*>(src);
     for (uint32_t i = 0; i < p.blockCount; ++i) {
