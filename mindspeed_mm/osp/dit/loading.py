@@ -48,9 +48,9 @@ def _listing(keys, limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def check_keys(model: nn.Module, state_dict: dict, what: str = "model") -> None:
-    """Raise naming the missing / unexpected keys and shape mismatches between `state_dict` and `model`."""
-    expected = model.state_dict()
+def check_keys(expected: dict, state_dict: dict, what: str = "model") -> None:
+    """Raise naming the missing / unexpected keys and shape mismatches of `state_dict` against `expected`
+    (a state dict of the model, under the names the checkpoint uses)."""
     missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
     problems = []
@@ -71,7 +71,7 @@ def load_checked(model: nn.Module, state_dict: dict, what: str = "model",
                  dtype: Optional[torch.dtype] = None) -> None:
     """Strictly load `state_dict` into `model`. A model on the meta device takes the tensors themselves
     (cast to `dtype`, default the model's), so no second copy of the weights is made."""
-    check_keys(model, state_dict, what)
+    check_keys(model.state_dict(), state_dict, what)
     on_meta = any(p.is_meta for p in model.parameters())
     if on_meta:
         dtype_of = {k: dtype or v.dtype for k, v in model.state_dict().items()}

@@ -152,7 +152,7 @@ class OSP13Block(nn.Module):
         self.attn2 = CrossAttention13(d, cfg.cross_attention_dim, cfg.attention_head_dim, cfg.attention_bias)
         self.norm2 = nn.LayerNorm(d, eps=cfg.norm_eps, elementwise_affine=cfg.norm_elementwise_affine)
         self.ff = FeedForward(d, mult=4, bias=True)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, d) / d ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.empty(6, d))  # N(0, 1/D) in OSP13DiT.init_weights
         self.skiparse_k, self.skiparse_group = 1, False  # set by OSP13DiT.set_sparsity
 
     def forward(self, x, t6, text, text_mask, video_mask, rope, rope_tables,
@@ -198,14 +198,24 @@ class OSP13DiT(nn.Module):
         self.caption_projection = TextProjection(cfg.caption_channels, d, act="gelu_tanh")
         self.transformer_blocks = nn.ModuleList([OSP13Block(cfg) for _ in range(cfg.num_layers)])
         self.norm_out = nn.LayerNorm(d, eps=cfg.norm_eps, elementwise_affine=cfg.norm_elementwise_affine)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, d) / d ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.empty(2, d))
         self.proj_out = nn.Linear(d, cfg.patch_size_t * p * p * cfg.out_channels)
         self.rope = RoPE3D.v13(cfg.attention_head_dim, (cfg.interpolation_scale_t, cfg.interpolation_scale_h,
                                                         cfg.interpolation_scale_w))
         self.set_sparsity(None)
-        if cfg.inpaint and not any(prm.is_meta for prm in self.parameters()):
-            nn.init.zeros_(self.pos_embed_masked_hidden_states[1].weight)
-            nn.init.zeros_(self.pos_embed_mask[1].weight)
+        if not self.proj_out.weight.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialisation for training from scratch: PixArt tables N(0, 1/D); the I2V condition projections
+        zero (so T2V weights loaded into the I2V model reproduce T2V). Linear/conv keep torch defaults."""
+        d = self.config.hidden_size
+        for table in [self.scale_shift_table] + [blk.scale_shift_table for blk in self.transformer_blocks]:
+            table.normal_(std=d ** -0.5)
+        if self.config.inpaint:
+            self.pos_embed_masked_hidden_states[1].weight.zero_()
+            self.pos_embed_mask[1].weight.zero_()
 
     # ----------------------------------------------------------------------------------------- sparsity
     def sparsity_plan(self, sparsity: Sparsity = None) -> list[tuple[int, bool]]:

@@ -248,12 +248,20 @@ class SUVDiT(nn.Module):
         self.proj_out = nn.Linear(d, p * p * cfg.out_channels)
         self.rope = RoPE3D.v15(cfg.head_dim)
         self.set_sparsity(None)
-        if cfg.skip_connection and cfg.skip_connection_zero_init and not any(x.is_meta for x in self.parameters()):
-            for lin in [m[1] for m in (*self.skip_norm_linear, *self.skip_norm_linear_enc)]:
-                with torch.no_grad():
-                    lin.weight.zero_()
-                    lin.weight[:, :d].copy_(torch.eye(d))
-                    lin.bias.zero_()
+        if not self.proj_out.weight.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialisation for training from scratch: skip linears [I | 0] (zero-init mode: the decoder stream
+        passes through, the skip is ignored); everything else keeps torch defaults."""
+        if not (self.config.skip_connection and self.config.skip_connection_zero_init):
+            return
+        d = self.config.hidden_size
+        for lin in [m[1] for m in (*self.skip_norm_linear, *self.skip_norm_linear_enc)]:
+            lin.weight.zero_()
+            lin.weight[:, :d].copy_(torch.eye(d))
+            lin.bias.zero_()
 
     def _skip_layer(self, d: int) -> nn.Sequential:
         # zero-init: Identity then Linear(2D -> D) initialised to [I | 0]; otherwise a LayerNorm over 2D first.
@@ -334,7 +342,7 @@ class SUVDiT(nn.Module):
         """Build from SparseUMMDiT kwargs and a MindSpeed-MM (or PKU-named) TP=1 state dict; strict keys,
         except the last block's unused text-stream weights left by TP>1 training (dropped with a note)."""
         from mindspeed_mm.osp.dit.loading import (
-            drop_tp_leftovers, is_pku_v15, load_checked, rename_pku_v15, suv_official_to_flat,
+            check_keys, drop_tp_leftovers, is_pku_v15, load_checked, rename_pku_v15, suv_official_to_flat,
         )
 
         cfg = SUVConfig.from_official(config)
@@ -344,6 +352,7 @@ class SUVDiT(nn.Module):
         state_dict = drop_tp_leftovers(state_dict, cfg.num_layers)
         with torch.device("meta"):
             model = cls(cfg)
+        check_keys(model.official_state_dict(), state_dict, what="v1.5 SUV DiT")  # errors name official keys
         load_checked(model, suv_official_to_flat(state_dict, cfg.num_layers), what="v1.5 SUV DiT", dtype=dtype)
         return model.to(device=device, dtype=dtype)
 
