@@ -91,3 +91,54 @@ def test_full_size_presets_match_the_released_models(cls, preset, manifest, coun
     got = {k: list(v.shape) for k, v in model.official_state_dict().items()}
     assert sorted(got) == sorted(want)
     assert got == want
+
+
+@pytest.mark.parametrize("case", ["v13_t2v_h4", "v15_suv_h4"])
+def test_pipeline_style_split_equals_forward(case):
+    model, _, t = build(case)
+    args = ((t["hidden_states"], t["timestep"], t["encoder_hidden_states"], t["encoder_attention_mask"],
+             t["attention_mask"]) if case.startswith("v13") else
+            (t["hidden_states"], t["timestep"], t["encoder_hidden_states"], t["encoder_attention_mask"],
+             t["pooled_projections"], t["attention_mask"]))
+    with torch.no_grad():
+        state = model.prepare(*args)
+        for start, stop in ((0, 3), (3, 7), (7, len(model.transformer_blocks))):  # cuts inside stages
+            state = model.run_blocks(state, start, stop)
+        out = model.finish(state)
+    torch.testing.assert_close(out, t["output"], rtol=0, atol=1e-4)
+
+
+def test_heads_follow_column_sharded_weights():
+    """Tensor-parallel layout from outside: each rank keeps half the heads of proj_q/k/v (column split) and half
+    the input columns of proj_out (row split); the sum of the ranks' outputs is the full attention output."""
+    from mindspeed_mm.osp.dit.rope import RoPE3D
+    from mindspeed_mm.osp.dit.suv import SUVAttention
+
+    torch.manual_seed(0)
+    heads, hd, d = 4, 16, 64
+    full = SUVAttention(d, hd, bias=True, eps=1e-6, context_pre_only=False)
+    x, e = torch.randn(40, 2, d), torch.randn(5, 2, d)
+    rope = RoPE3D.v15(hd)
+    tables = rope.tables((2, 4, 5), x.device, x.dtype)
+    with torch.no_grad():
+        want = full(x, e, None, None, rope, tables, 2, True)
+        got = [torch.zeros_like(want[0]), torch.zeros_like(want[1])]
+        for rank in range(2):
+            part = SUVAttention(d, hd, bias=True, eps=1e-6, context_pre_only=False)
+            rows = slice(rank * d // 2, (rank + 1) * d // 2)
+            for name in ("proj_q", "proj_k", "proj_v", "added_proj_q", "added_proj_k", "added_proj_v"):
+                src = getattr(full, name)
+                setattr(part, name, torch.nn.Linear(d, d // 2))
+                getattr(part, name).weight.copy_(src.weight[rows])
+                getattr(part, name).bias.copy_(src.bias[rows])
+            for name in ("proj_out", "added_proj_out"):
+                lin = torch.nn.Linear(d // 2, d)
+                lin.weight.copy_(getattr(full, name).weight[:, rows])
+                lin.bias.copy_(getattr(full, name).bias if rank == 0 else torch.zeros(d))
+                setattr(part, name, lin)
+            for name in ("norm_proj_q", "norm_proj_k", "norm_added_proj_q", "norm_added_proj_k"):
+                getattr(part, name).weight.copy_(getattr(full, name).weight)
+            out = part(x, e, None, None, rope, tables, 2, True)
+            got = [g + o for g, o in zip(got, out)]
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
