@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
 from safetensors.torch import load_file
 
 DIT_FIXTURES = Path(__file__).parent / "fixtures" / "dit"
@@ -24,3 +26,12 @@ def run_model(model, case: str, tensors, **kwargs):
                      t["attention_mask"], **kwargs)
     return model(t["hidden_states"], t["timestep"], t["encoder_hidden_states"], t["encoder_attention_mask"],
                  t["pooled_projections"], attention_mask=t["attention_mask"], **kwargs)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny shapes run fastest on one thread on a shared CI machine; restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dit_helpers import read_case, run_model
+from dit_helpers import one_torch_thread, read_case, run_model  # noqa: F401
 from mindspeed_mm.osp.dit import OSP13DiT, SUVDiT, from_pretrained
 from mindspeed_mm.osp.dit.loading import to_pku_v15
 
-torch.set_num_threads(1)
 
 
 def assert_matches(model, case, tensors):

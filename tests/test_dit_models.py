@@ -4,10 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dit_helpers import DIT_FIXTURES, V13_CASES, V15_CASES, read_case, run_model
+from dit_helpers import DIT_FIXTURES, V13_CASES, V15_CASES, one_torch_thread, read_case, run_model  # noqa: F401
 from mindspeed_mm.osp.dit import OSP13DiT, SUVDiT
 
-torch.set_num_threads(1)  # tiny shapes: one thread is fastest on a shared machine
 
 
 def build(case: str):
@@ -115,7 +114,7 @@ def test_heads_follow_column_sharded_weights():
     from mindspeed_mm.osp.dit.suv import SUVAttention
 
     torch.manual_seed(0)
-    heads, hd, d = 4, 16, 64
+    hd, d = 16, 64  # 4 heads, 2 per rank
     full = SUVAttention(d, hd, bias=True, eps=1e-6, context_pre_only=False)
     x, e = torch.randn(40, 2, d), torch.randn(5, 2, d)
     rope = RoPE3D.v15(hd)

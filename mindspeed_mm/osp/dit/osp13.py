@@ -31,7 +31,7 @@ Sparsity = Union[None, str, int]
 _IGNORED_OFFICIAL_KEYS = {
     "sample_size_t", "sample_size_h", "sample_size_w", "dropout", "only_cross_attention", "double_self_attention",
     "upcast_attention", "norm_type", "use_additional_conditions", "attention_type", "num_embeds_ada_norm",
-    "use_linear_projection", "upcast_attention",
+    "use_linear_projection",
 }
 
 
