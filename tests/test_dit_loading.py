@@ -125,3 +125,16 @@ def test_megatron_tp_shards_are_refused_with_advice(tmp_path):
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("release")
     with pytest.raises(ValueError, match="merge the shards first"):
         from_pretrained(tmp_path, config=meta["config"])
+
+
+def test_megatron_training_checkpoint_needs_trust(tmp_path):
+    import argparse
+
+    meta, weights, tensors = read_case("v15_suv")
+    sd = dict(weights, **{"transformer_blocks.0.0.attn1.proj_q._extra_state": None})
+    path = tmp_path / "model_optim_rng.pt"
+    torch.save({"model": sd, "args": argparse.Namespace(tensor_model_parallel_size=1), "iteration": 10}, path)
+    with pytest.raises(ValueError, match="trust_pickle=True"):
+        from_pretrained(path, config=meta["config"])
+    model = from_pretrained(path, config=meta["config"], trust_pickle=True)
+    assert_matches(model, "v15_suv", tensors)
