@@ -230,3 +230,23 @@ def test_haar2d_order_and_inverse():
     for band, value in enumerate(expected):
         assert torch.allclose(y[:, band * 2:(band + 1) * 2, :, 0, 0], value)
     assert torch.allclose(InverseHaarWavelet2D().double()(y), x, atol=1e-12)
+
+
+# ---- spatial tiling ------------------------------------------------------------------------------------------
+def test_tiled_blending_is_a_partition_of_unity():
+    from mindspeed_mm.osp.vae.tiling import tiled_apply
+    x = torch.randn(1, 2, 3, 40, 56, dtype=torch.float64)
+    assert torch.allclose(tiled_apply(lambda t: t, x, 16, 8, 1, 1), x)
+    up = tiled_apply(lambda t: t.repeat_interleave(8, -1).repeat_interleave(8, -2), x[..., :5, :7], 3, 1, 8, 1)
+    assert torch.allclose(up[..., ::8, ::8], x[..., :5, :7])
+
+
+def test_tiling_api(tiny):
+    video = torch.rand(1, 3, 5, 32, 48) * 2 - 1
+    whole = tiny.encode(video)
+    assert torch.allclose(tiny.encode(video, tile_size=48, tile_overlap=8).moments, whole.moments, atol=1e-5)
+    tiled = tiny.encode(video, tile_size=16, tile_overlap=8, chunk_frames=2)
+    assert tiled.mean.shape == whole.mean.shape
+    assert tiny.decode(whole.mode(), tile_size=16, tile_overlap=8).shape == video.shape
+    with pytest.raises(ValueError, match="multiples of 8"):
+        tiny.decode(whole.mode(), tile_size=20)
