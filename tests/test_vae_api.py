@@ -250,3 +250,14 @@ def test_tiling_api(tiny):
     assert tiny.decode(whole.mode(), tile_size=16, tile_overlap=8).shape == video.shape
     with pytest.raises(ValueError, match="multiples of 8"):
         tiny.decode(whole.mode(), tile_size=20)
+
+
+def test_bfloat16_inference():
+    torch.manual_seed(0)
+    vae = WFVAE.from_preset("tiny_v15").eval()
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    ref = vae.reconstruct(video)
+    half = vae.to(torch.bfloat16)
+    assert half.encoder.wavelet_transform_in.matrix.dtype == torch.bfloat16  # Haar constants follow the model dtype
+    out = half.reconstruct(video, chunk_frames=4)
+    assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max().item() < 0.2

@@ -120,9 +120,7 @@ class WFVAE(nn.Module):
         else:
             self._check_tiling(tile_size, tile_overlap)
             moments = tiled_apply(run, video, tile_size, tile_overlap, 1, SPATIAL_COMPRESSION)
-        posterior = DiagonalGaussian(moments)
-        posterior.original_size = original or tuple(video.shape[2:])
-        return posterior
+        return DiagonalGaussian(moments, original_size=original or tuple(video.shape[2:]))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk_frames: Optional[int] = None,
@@ -167,7 +165,7 @@ class WFVAE(nn.Module):
                              f"got {tile_size} and {tile_overlap}")
 
     def _stream(self, module: nn.Module, x: torch.Tensor, chunk: Optional[int], decode: bool) -> torch.Tensor:
-        if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"chunk_frames must be a positive integer or None, got {chunk!r}")
         total = x.shape[2]
         chunk = total if chunk is None else chunk
