@@ -60,7 +60,8 @@ def _check_keys(cfg, weights) -> None:
     model.load_weights({k: v.to("meta") for k, v in weights.items()})
 
 
-def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = None, weights_only: bool = True) -> Path:
+def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = None,
+                    weights_only: bool = True) -> Path:
     """Official checkpoint -> our directory (config.json + model.safetensors)."""
     from safetensors.torch import save_file
 

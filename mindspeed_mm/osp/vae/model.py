@@ -223,7 +223,8 @@ class WFVAE(nn.Module):
         return cls(load_preset(name))
 
     @classmethod
-    def from_official(cls, config: Optional[Mapping], state_dict: Mapping, dtype: torch.dtype = torch.float32) -> "WFVAE":
+    def from_official(cls, config: Optional[Mapping], state_dict: Mapping,
+                      dtype: torch.dtype = torch.float32) -> "WFVAE":
         """Model from an official constructor dict (released config.json; may be None) and an official checkpoint
         in any released form (training dict with `ema_state_dict`/`state_dict`/`gen_model`, `module.` prefixes,
         MindSpeed-MM names, any float dtype). Keys are checked strictly."""
@@ -242,10 +243,13 @@ class WFVAE(nn.Module):
         missing = sorted(set(own) - set(weights))
         unexpected = sorted(set(weights) - set(own))
         problems = []
+
+        def listing(keys: list) -> str:
+            return f"({len(keys)}): {keys[:8]}{' ...' if len(keys) > 8 else ''}"
         if missing:
-            problems.append(f"missing keys ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+            problems.append(f"missing keys {listing(missing)}")
         if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+            problems.append(f"unexpected keys {listing(unexpected)}")
         bad = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
                for k in sorted(set(own) & set(weights)) if weights[k].shape != own[k].shape]
         if bad:
@@ -280,7 +284,8 @@ class WFVAE(nn.Module):
             if config and config.get("format") == FORMAT_NAME:
                 config = config["config"]
                 model = cls(WFVAEConfig.from_dict(config))
-                model.load_weights(normalize_official_keys(unwrap_state_dict(load_checkpoint_file(path, weights_only)))[0])
+                weights = unwrap_state_dict(load_checkpoint_file(path, weights_only))
+                model.load_weights(normalize_official_keys(weights)[0])
                 return model.to(dtype)
             return cls.from_official(config, load_checkpoint_file(path, weights_only), dtype)
         raise FileNotFoundError(f"no WF-VAE checkpoint at {path}")
