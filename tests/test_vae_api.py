@@ -260,3 +260,16 @@ def test_bfloat16_inference():
     assert half.encoder.wavelet_transform_in.matrix.dtype == torch.bfloat16  # Haar constants follow the model dtype
     out = half.reconstruct(video, chunk_frames=4)
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max().item() < 0.2
+
+
+def test_missing_scale_shift_come_from_the_released_model(official):
+    with torch.device("meta"):
+        v15 = WFVAE.from_preset("v15")
+    sd = {k: torch.empty(v.shape, device="meta") for k, v in v15.state_dict().items()}
+    with torch.device("meta"):
+        loaded = WFVAE.from_official(None, sd)  # e.g. a bare merged.ckpt without config.json
+    assert loaded.config == v15.config and len(loaded.config.scale) == 32
+    config, weights = official
+    with pytest.warns(UserWarning, match="matches no released model"):
+        vae = WFVAE.from_official({k: v for k, v in config.items() if k not in ("scale", "shift")}, weights)
+    assert vae.config.scale == [0.18215] * 4

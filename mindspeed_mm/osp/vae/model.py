@@ -1,9 +1,11 @@
 """WF-VAE model: validated encode/decode, exact chunked (streaming) inference, official and own checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -233,6 +235,8 @@ class WFVAE(nn.Module):
         for name, buf in extras.items():
             config.setdefault(name, buf.flatten().tolist())
         cfg = WFVAEConfig.from_official(config, inferred=infer_config(weights))
+        if "scale" not in config and "shift" not in config:
+            cfg = _released_scale_shift(cfg)
         model = cls(cfg)
         model.load_weights(weights)
         return model.to(dtype)
@@ -302,6 +306,17 @@ class WFVAE(nn.Module):
         meta = {"format": FORMAT_NAME, "config": self.config.to_dict(), "official_config": self.config.to_official()}
         _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))
         return directory
+
+
+def _released_scale_shift(cfg: WFVAEConfig) -> WFVAEConfig:
+    """Latent scale/shift of the released model with this architecture, when the checkpoint comes without them."""
+    for name in ("v13", "v15", "l16"):
+        preset = load_preset(name)
+        if dataclasses.replace(preset, scale=cfg.scale, shift=cfg.shift) == cfg:
+            return preset
+    warnings.warn("WF-VAE config has no latent scale/shift and the architecture matches no released model: using "
+                  "scale 0.18215, shift 0 (pass the official config.json for the right values)", stacklevel=3)
+    return cfg
 
 
 def _atomic_write(target: Path, write) -> None:
