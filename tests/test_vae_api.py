@@ -119,7 +119,8 @@ def test_shape_fields_inferred(official):
     vae = WFVAE.from_official({k: v for k, v in config.items() if k not in derived}, weights)
     assert (vae.config.connect_res_layer_num, vae.config.base_channels, vae.config.latent_dim,
             vae.config.temporal_compression) == (2, 16, 4, 4)
-    assert WFVAE.from_official(None, weights).config.encoder_energy_flow_hidden_size == 8
+    with pytest.warns(UserWarning, match="no latent scale/shift"):
+        assert WFVAE.from_official(None, weights).config.encoder_energy_flow_hidden_size == 8
 
 
 def test_save_load_round_trip(official, tmp_path):
@@ -241,9 +242,9 @@ def test_tiled_blending_is_a_partition_of_unity():
 
 
 def test_tiling_api(tiny):
-    video = torch.rand(1, 3, 5, 32, 48) * 2 - 1
+    video = torch.rand(1, 3, 5, 16, 32) * 2 - 1
     whole = tiny.encode(video)
-    assert torch.allclose(tiny.encode(video, tile_size=48, tile_overlap=8).moments, whole.moments, atol=1e-5)
+    assert torch.allclose(tiny.encode(video, tile_size=32, tile_overlap=8).moments, whole.moments, atol=1e-5)
     tiled = tiny.encode(video, tile_size=16, tile_overlap=8, chunk_frames=2)
     assert tiled.mean.shape == whole.mean.shape
     assert tiny.decode(whole.mode(), tile_size=16, tile_overlap=8).shape == video.shape
