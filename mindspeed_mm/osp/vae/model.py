@@ -230,13 +230,7 @@ class WFVAE(nn.Module):
         """Model from an official constructor dict (released config.json; may be None) and an official checkpoint
         in any released form (training dict with `ema_state_dict`/`state_dict`/`gen_model`, `module.` prefixes,
         MindSpeed-MM names, any float dtype). Keys are checked strictly."""
-        weights, extras = normalize_official_keys(unwrap_state_dict(state_dict))
-        config = dict(config or {})
-        for name, buf in extras.items():
-            config.setdefault(name, buf.flatten().tolist())
-        cfg = WFVAEConfig.from_official(config, inferred=infer_config(weights))
-        if "scale" not in config and "shift" not in config:
-            cfg = _released_scale_shift(cfg)
+        cfg, weights = parse_official(config, state_dict)
         model = cls(cfg)
         model.load_weights(weights)
         return model.to(dtype)
@@ -308,6 +302,19 @@ class WFVAE(nn.Module):
         return directory
 
 
+def parse_official(config: Optional[Mapping], state_dict: Mapping) -> tuple[WFVAEConfig, dict[str, torch.Tensor]]:
+    """(config, weights with official names and dtypes, Haar filters dropped) from an official config dict (or
+    None) and a checkpoint in any released form. Keys are not checked here (`WFVAE.load_weights` does)."""
+    weights, extras = normalize_official_keys(unwrap_state_dict(state_dict))
+    config = dict(config or {})
+    for name, buf in extras.items():
+        config.setdefault(name, buf.flatten().tolist())
+    cfg = WFVAEConfig.from_official(config, inferred=infer_config(weights))
+    if "scale" not in config and "shift" not in config:
+        cfg = _released_scale_shift(cfg)
+    return cfg, weights
+
+
 def _released_scale_shift(cfg: WFVAEConfig) -> WFVAEConfig:
     """Latent scale/shift of the released model with this architecture, when the checkpoint comes without them."""
     for name in ("v13", "v15", "l16"):
@@ -315,7 +322,7 @@ def _released_scale_shift(cfg: WFVAEConfig) -> WFVAEConfig:
         if dataclasses.replace(preset, scale=cfg.scale, shift=cfg.shift) == cfg:
             return preset
     warnings.warn("WF-VAE config has no latent scale/shift and the architecture matches no released model: using "
-                  "scale 0.18215, shift 0 (pass the official config.json for the right values)", stacklevel=3)
+                  "scale 0.18215, shift 0 (pass the official config.json for the right values)", stacklevel=4)
     return cfg
 
 
