@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "mindspeed_mm.osp.envinfo",
     "mindspeed_mm.osp.vae.cli",
     "mindspeed_mm.osp.ops.adavg",
+    "mindspeed_mm.osp.convert.cli",
 )
 
 
