@@ -3,8 +3,15 @@
 `WFVAE.from_official(config, state_dict)`, `WFVAE.from_pretrained(path)`, `WFVAE.from_preset(name)`;
 `vae.encode(video, chunk_frames=None)` -> posterior, `vae.decode(latents, chunk_frames=None)` -> video.
 """
-from mindspeed_mm.osp.vae.config import WFVAEConfig, load_preset, preset_names
-from mindspeed_mm.osp.vae.distribution import DiagonalGaussian
-from mindspeed_mm.osp.vae.model import WFVAE
+import importlib
 
-__all__ = ["WFVAE", "WFVAEConfig", "DiagonalGaussian", "load_preset", "preset_names"]
+# Imported on first use, so `osp --help` (which imports `vae.cli`) does not load torch.
+_EXPORTS = {"WFVAE": "model", "WFVAEConfig": "config", "load_preset": "config", "preset_names": "config",
+            "DiagonalGaussian": "distribution"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
