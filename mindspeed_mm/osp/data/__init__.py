@@ -1,0 +1,1 @@
+"""Data: video reading and writing, video file discovery (buckets and datasets come later)."""
