@@ -103,6 +103,16 @@ def rename_pku_v15(state_dict: dict) -> dict:
     return out
 
 
+def to_pku_v15(state_dict: dict) -> dict:
+    """MindSpeed-MM v1.5 key names -> PKU-branch names (the inverse of `rename_pku_v15`)."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in PKU_TO_MM:
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
 def is_pku_v15(state_dict: dict) -> bool:
     return any(marker in key for key in state_dict for marker in _PKU_MARKERS)
 
