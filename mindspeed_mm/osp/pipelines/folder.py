@@ -32,10 +32,8 @@ def _dit_loaders() -> Dict[str, Callable]:
     loaders = {}
     for name in ("OpenSoraT2V_v1_3", "OpenSoraInpaint_v1_3", "OSP13DiT"):
         loaders[name] = lambda c, sd, dtype: dit.OSP13DiT.from_official(c, sd, dtype=dtype)
-    suv = getattr(dit, "SUVDiT", None)
-    if suv is not None:
-        for name in ("SparseUMMDiT", "SUVDiT"):
-            loaders[name] = lambda c, sd, dtype: suv.from_official(c, sd, dtype=dtype)
+    for name in ("SparseUMMDiT", "SUVDiT"):
+        loaders[name] = lambda c, sd, dtype: dit.SUVDiT.from_official(c, sd, dtype=dtype)
     return loaders
 
 
@@ -102,7 +100,7 @@ def save_pipeline(pipe, folder, overwrite: bool = False) -> Path:
             "vae": ["mindspeed_mm.osp.vae", type(pipe.vae).__name__],
             "text_encoder": ["transformers", type(pipe.text.encoder).__name__],
             "tokenizer": ["transformers", type(pipe.text.tokenizer).__name__],
-            "scheduler": [type(pipe.sampler).__module__.split(".")[0], type(pipe.sampler).__name__],
+            "scheduler": [type(pipe.sampler).__module__.rsplit(".", 1)[0], type(pipe.sampler).__name__],
         }
         if pipe.text.pooled_encoder is not None:
             pipe.text.pooled_encoder.save_pretrained(tmp / "text_encoder_2")

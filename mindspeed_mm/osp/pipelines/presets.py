@@ -33,12 +33,11 @@ def _tiny_osp13(inpaint: bool):
 
 
 def _tiny_suv():
-    from .. import dit
+    from ..dit import SUVConfig, SUVDiT
 
-    if not hasattr(dit, "SUVDiT"):
-        raise RuntimeError("mindspeed_mm.osp.dit has no SUVDiT in this build: the v1.5 tiny preset needs it")
-    model = dit.SUVDiT.from_official_config(TINY_SUV) if hasattr(dit.SUVDiT, "from_official_config") else \
-        dit.SUVDiT(dit.SUVConfig.from_official(TINY_SUV))
+    model = SUVDiT(SUVConfig.from_official(TINY_SUV))
+    for seq in (*model.skip_norm_linear, *model.skip_norm_linear_enc):  # move the skips off their [I|0] init
+        torch.nn.init.normal_(seq[1].weight, std=0.02)
     return model
 
 
