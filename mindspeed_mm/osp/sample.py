@@ -158,13 +158,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be >= 1")
-    if (args.tp > 1 or args.cp > 1):
+    if args.tp > 1 or args.cp > 1:
         from .pipelines.parallel_run import setup_parallel
         rank0 = setup_parallel(args.tp, args.cp)
     else:
         rank0 = True
 
     pipe = build_pipeline(args)
+    if args.tp > 1 or args.cp > 1:
+        from .pipelines.parallel_run import parallelize_pipeline
+        parallelize_pipeline(pipe)
     d = pipe.defaults
     frames_n, height, width = args.num_frames or d.num_frames, args.height or d.height, args.width or d.width
     try:

@@ -61,6 +61,7 @@ class VideoPipeline:
         self.offload: Optional[BlockOffload] = None
         self.forward_fn: Callable = lambda model, **kw: model(**kw)  # replaced by the parallel runner
         self.geometry = VideoGeometry(temporal_factor=int(vae.config.temporal_compression))
+        self._inpaint = bool(getattr(transformer.config, "inpaint", False))
 
     # ------------------------------------------------------------------ placement
     @property
@@ -70,7 +71,7 @@ class VideoPipeline:
     @property
     def is_inpaint(self) -> bool:
         """v1.3 inpainting weights take [latent | masked-video latent | mask] (2C + temporal_factor channels)."""
-        return bool(getattr(self.transformer.config, "inpaint", False))
+        return self._inpaint
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "VideoPipeline":
         """Move the denoiser and VAE (text encoders follow `text_device`, default the same device)."""
