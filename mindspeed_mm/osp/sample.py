@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("--free-text-encoders", action="store_true", help="drop the text encoders after encoding")
     p.add_argument("--offload", choices=("none", "blocks"), default="none",
                    help="blocks: keep denoiser blocks in host memory, stream one at a time to the device")
+    p.add_argument("--cfg-mode", choices=("batch", "sequential"), default="batch",
+                   help="sequential: run the guidance passes one after another (half the activation memory)")
     p.add_argument("--vae-chunk", type=int, default=None, help="latent frames per VAE decode chunk (bounds memory)")
     p.add_argument("--refiner", default=None, help="local causal-LM folder that rewrites prompts (t2v only)")
     p.add_argument("--pad", action="store_true", help="generate at the next valid size and crop back")
@@ -134,6 +136,7 @@ def build_pipeline(args):
     pipe.text_device = torch.device(args.text_device) if args.text_device else None
     pipe.free_text_encoders = args.free_text_encoders
     pipe.vae_chunk_frames = args.vae_chunk
+    pipe.sequential_cfg = args.cfg_mode == "sequential"
     pipe.device, pipe.dtype = device, dtype
     if args.offload == "blocks":
         pipe.enable_block_offload()
@@ -216,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": args.model and str(Path(args.model).resolve()), "preset": args.preset,
                 "model_version": pipe.version, "sampler": _sampler_config(pipe.sampler),
                 "images": args.image, "template": not args.no_template, "batch_size": args.batch_size,
-                "tp": args.tp, "cp": args.cp, "offload": args.offload, "vae_chunk": args.vae_chunk,
+                "tp": args.tp, "cp": args.cp, "offload": args.offload, "cfg_mode": args.cfg_mode, "vae_chunk": args.vae_chunk,
                 "refiner": args.refiner, "seconds_for_batch": round(seconds, 3),
                 "versions": {"mindspeed_mm.osp": __version__, "torch": torch.__version__},
                 "command": ["osp", "sample"] + sys.argv[2:] if sys.argv[1:2] == ["sample"] else None,

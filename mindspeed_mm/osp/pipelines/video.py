@@ -43,7 +43,7 @@ class VideoPipeline:
     Components: `transformer` (OSP13DiT / SUVDiT), `vae` (WFVAE), `text` (TextConditioner), `sampler`
     (diffusers EulerAncestralDiscreteScheduler for v1.3, FlowMatchEulerSampler for v1.5).
     Memory options: `text_device` (where the text encoders run), `free_text_encoders` (drop them after the first
-    encoding), `enable_block_offload(device)` (denoiser blocks streamed from host memory), `vae_chunk_frames` (latent frames per VAE chunk).
+    encoding), `sequential_cfg` (guidance passes one at a time), `enable_block_offload()` (denoiser blocks streamed from host memory), `vae_chunk_frames` (latent frames per VAE chunk).
     """
 
     def __init__(self, version: str, transformer, vae, text: Optional[TextConditioner], sampler,
@@ -57,6 +57,7 @@ class VideoPipeline:
         self.text_device: Optional[torch.device] = None
         self.free_text_encoders = False
         self.vae_chunk_frames: Optional[int] = None
+        self.sequential_cfg = False  # True: conditional and unconditional passes one after another (half the activations)
         self.refiner: Optional[Callable[[str], str]] = None
         self.offload: Optional[BlockOffload] = None
         self.forward_fn: Callable = lambda model, **kw: model(**kw)  # replaced by the parallel runner
@@ -159,8 +160,8 @@ class VideoPipeline:
             prompts = [self.refiner(p) for p in prompts]
 
         cond, uncond, _, _ = self.encode_prompts(prompts, negative_prompts, guidance_scale, use_template)
-        text = TextEmbeddings.cat([uncond, cond]) if uncond is not None else cond
         do_cfg = uncond is not None
+        text = TextEmbeddings.cat([uncond, cond]) if do_cfg and not self.sequential_cfg else cond
 
         b = len(prompts)
         lat_t, lat_h, lat_w = self.geometry.latent_shape(gen_frames, gen_h, gen_w)
@@ -173,18 +174,19 @@ class VideoPipeline:
             z, m = self._inpaint_inputs(frames, b, gen_frames, gen_h, gen_w,
                                         torch.Generator(device=self.device).manual_seed(int(seeds[0])))
             extra = torch.cat([z, m.to(z.dtype)], dim=1)
-            if do_cfg:
-                extra = torch.cat([extra, extra])
 
         timesteps = self.sampler.timesteps
         for i, t in enumerate(timesteps):
             x = self.sampler.scale_model_input(latents, t)
-            x = torch.cat([x, x]) if do_cfg else x
             if extra is not None:
                 x = torch.cat([x, extra.to(x.dtype)], dim=1)
-            pred = self._denoise(x, t, text)
+            if do_cfg and self.sequential_cfg:
+                pred_uncond, pred_cond = self._denoise(x, t, uncond), self._denoise(x, t, cond)
+            elif do_cfg:
+                pred_uncond, pred_cond = self._denoise(torch.cat([x, x]), t, text).chunk(2)
+            else:
+                pred = self._denoise(x, t, text)
             if do_cfg:
-                pred_uncond, pred_cond = pred.chunk(2)
                 pred = classifier_free_guidance(pred_uncond, pred_cond, guidance_scale, guidance_rescale)
             latents = _prev_sample(self.sampler.step(pred, t, latents, generator=generators)).float()
             if progress is not None:
