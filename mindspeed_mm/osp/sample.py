@@ -47,6 +47,8 @@ def register(subparsers) -> None:
                    help="sequential: run the guidance passes one after another (half the activation memory)")
     p.add_argument("--vae-chunk", type=int, default=None, help="latent frames per VAE decode chunk (bounds memory)")
     p.add_argument("--refiner", default=None, help="local causal-LM folder that rewrites prompts (t2v only)")
+    p.add_argument("--save-latents", action="store_true",
+                   help="also write the final latents (before VAE decoding) to OUT.latents.safetensors")
     p.add_argument("--pad", action="store_true", help="generate at the next valid size and crop back")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
@@ -116,6 +118,16 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _save_latents_atomic(path: Path, latents) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    save_file({"latents": latents.detach().float().cpu().contiguous()}, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def build_pipeline(args):
     import torch
     from .pipelines import build_preset, load_pipeline
@@ -156,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)
     paths = output_paths(args.output, len(prompts))
-    existing = [str(p) for p in paths if p.exists() or p.with_suffix(".json").exists()]
+    existing = [str(q) for p in paths for q in (p, p.with_suffix(".json"), p.with_suffix(".latents.safetensors"))
+                if q.exists() and (q.suffix != ".safetensors" or args.save_latents)]
     if existing and not args.overwrite:
         raise SystemExit(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
     if args.batch_size < 1:
@@ -195,17 +208,18 @@ def run(args: argparse.Namespace) -> int:
                    disable=not rank0)
         began = time.time()
         try:
-            videos = pipe(batch, negative_prompts=negatives, num_frames=frames_n, height=height, width=width,
-                          steps=steps, guidance_scale=guidance, guidance_rescale=rescale, seeds=seeds, frames=images,
-                          pad=args.pad, use_template=not args.no_template,
-                          progress=lambda i, n: bar.update(1))
+            latents = pipe(batch, negative_prompts=negatives, num_frames=frames_n, height=height, width=width,
+                           steps=steps, guidance_scale=guidance, guidance_rescale=rescale, seeds=seeds, frames=images,
+                           pad=args.pad, use_template=not args.no_template, output_latents=True,
+                           progress=lambda i, n: bar.update(1))
         except ValueError as err:
             raise SystemExit(f"error: {err}")
         finally:
             bar.close()
-        seconds = time.time() - began
         if not rank0:
             continue
+        videos = pipe.decode(latents)[:, :, :frames_n, :height, :width]
+        seconds = time.time() - began
         used_pos, used_neg = (template.apply(batch, negatives) if template else (batch, negatives))
         for j, prompt in enumerate(batch):
             path = paths[start + j]
@@ -225,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
                 "command": ["osp", "sample"] + sys.argv[2:] if sys.argv[1:2] == ["sample"] else None,
             }
             _write_json_atomic(path.with_suffix(".json"), sidecar)
+            if args.save_latents:
+                _save_latents_atomic(path.with_suffix(".latents.safetensors"), latents[j])
             print(f"wrote {path} ({frames_n} frames {height}x{width} @ {fps} fps, seed {seeds[j]})")
     return 0
 
