@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=float, help="frame rate of the mp4 (default 18 / 24)")
     p.add_argument("--output", required=True, help="OUT.mp4; several videos become OUT_000.mp4, OUT_001.mp4, ...")
     p.add_argument("--batch-size", type=int, default=1, help="prompts sampled together")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="denoiser/VAE dtype (bf16/fp16 on GPU/NPU)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="denoiser/VAE dtype (default: bf16 on GPU/NPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, npu:0 (default: detected)")
     p.add_argument("--text-device", default=None, help="where the text encoders run (e.g. cpu to save memory)")
     p.add_argument("--free-text-encoders", action="store_true", help="drop the text encoders after encoding")
@@ -130,8 +131,12 @@ def _save_latents_atomic(path: Path, latents) -> None:
 
 def build_pipeline(args):
     import torch
-    from .pipelines import build_preset, load_pipeline
 
+    from .pipelines import build_preset, load_pipeline
+    from .platform import default_device
+
+    device = torch.device(args.device) if args.device else default_device()
+    args.dtype = args.dtype or ("fp32" if device.type == "cpu" else "bf16")
     dtype = getattr(torch, DTYPES[args.dtype])
     if args.preset:
         pipe = build_preset(args.preset)
@@ -142,9 +147,6 @@ def build_pipeline(args):
             pipe = load_pipeline(args.model, dtype=dtype)
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"error: {err}")
-    from .platform import default_device
-
-    device = torch.device(args.device) if args.device else default_device()
     pipe.text_device = torch.device(args.text_device) if args.text_device else None
     pipe.free_text_encoders = args.free_text_encoders
     pipe.vae_chunk_frames = args.vae_chunk
