@@ -7,13 +7,13 @@ import os
 
 def setup_parallel(tensor_parallel: int, context_parallel: int) -> bool:
     """Start torch.distributed (from torchrun's environment) and megatron's groups; True on the writing rank."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise SystemExit(f"error: --tp {tensor_parallel} / --cp {context_parallel} need a multi-process launch, e.g. "
+                         f"torchrun --nproc_per_node {tensor_parallel * context_parallel} -m mindspeed_mm.osp.cli sample ...")
     import torch.distributed as dist
 
     from .. import parallel, platform
 
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise SystemExit(f"error: --tp {tensor_parallel} / --cp {context_parallel} need a multi-process launch, e.g. "
-                         f"torchrun --nproc_per_node {tensor_parallel * context_parallel} -m mindspeed_mm.osp.cli sample ...")
     if not dist.is_initialized():
         dist.init_process_group(platform.collective_backend())
     world = dist.get_world_size()
