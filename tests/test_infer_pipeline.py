@@ -63,12 +63,13 @@ def test_pad_crops_back_and_bad_sizes_are_rejected(pipe13):
 
 
 def test_save_and_load_round_trip(pipe13, tmp_path):
-    folder = save_pipeline(pipe13, tmp_path / "pipe")
+    folder = pipe13.save_pretrained(tmp_path / "pipe")
     for name in ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (folder / name).exists()
     with pytest.raises(FileExistsError, match="overwrite"):
         save_pipeline(pipe13, folder)
-    loaded = load_pipeline(folder)
+    save_pipeline(pipe13, folder, overwrite=True)  # replaced atomically
+    loaded = type(pipe13).from_pretrained(folder)
     a = pipe13(["a cat"], seeds=[2], steps=1, **SIZE)
     b = loaded(["a cat"], seeds=[2], steps=1, **SIZE)
     assert torch.equal(a, b)
@@ -144,3 +145,14 @@ def test_memory_estimate_uses_exact_released_parameter_counts():
     assert e.tokens == 16 * 36 * 64 + 512 and e.hidden == 3072
     assert e.denoiser_bytes == 2 * 8_504_661_120
     assert estimate("v1.3", 93, 352, 640).denoiser_params == 2_771_981_600  # spec dit.md 2.1
+
+
+def test_chunked_vae_decode_equals_whole_clip(pipe13):
+    latents = pipe13(["a cat"], seeds=[2], steps=1, guidance_scale=1.0, output_latents=True, **SIZE)
+    whole = pipe13.decode(latents)
+    pipe13.vae_chunk_frames = 1
+    try:
+        chunked = pipe13.decode(latents)
+    finally:
+        pipe13.vae_chunk_frames = None
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)

@@ -64,6 +64,19 @@ class VideoPipeline:
         self.geometry = VideoGeometry(temporal_factor=int(vae.config.temporal_compression))
         self._inpaint = bool(getattr(transformer.config, "inpaint", False))
 
+    # ------------------------------------------------------------------ folders
+    def save_pretrained(self, folder, overwrite: bool = False):
+        """Write the diffusers-style pipeline folder (see pipelines/folder.py)."""
+        from .folder import save_pipeline
+
+        return save_pipeline(self, folder, overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> "VideoPipeline":
+        from .folder import load_pipeline
+
+        return load_pipeline(folder, dtype=dtype)
+
     # ------------------------------------------------------------------ placement
     @property
     def latent_channels(self) -> int:
