@@ -77,3 +77,19 @@ def default_device():
 
 def collective_backend(kind: Optional[str] = None) -> str:
     return {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}[kind or device_type()]
+
+
+# Set by mindspeed_mm.osp.ops.emulation.emulate_torch_npu(): CPU tensors then take the NPU code paths, which call
+# the CPU emulator installed as `torch_npu`. Only tests should turn this on.
+_npu_emulated = False
+
+
+def npu_emulated() -> bool:
+    """True inside `emulate_torch_npu()`, where a CPU emulator stands in for torch_npu."""
+    return _npu_emulated
+
+
+def is_npu_tensor(tensor) -> bool:
+    """Whether `tensor` should go through torch_npu fused ops: it lives on an NPU (or on CPU under the emulator)."""
+    kind = tensor.device.type
+    return kind == "npu" or (_npu_emulated and kind == "cpu")

@@ -1,0 +1,269 @@
+"""Loading released denoiser weights: layouts, key renames and strict key checks.
+
+Layouts read here (`from_pretrained` picks by what it finds):
+
+* v1.3, diffusers style: a `transformer/` folder (or its parent) with `config.json` and
+  `diffusion_pytorch_model.safetensors`, or shards listed in `diffusion_pytorch_model.safetensors.index.json`.
+* v1.5, MindSpeed-MM / PKU: `model_ema.pt` (`{"ema_state_dict": sd}` or a plain state dict, `module.` prefixes
+  allowed), a Megatron `release/mp_rank_00/model_optim_rng.pt` (`{"model": sd}`) or the folder holding
+  `latest_checkpointed_iteration.txt`; tensor-parallel degree 1 only. PKU key names (`to_q`, `add_q_proj`, ...)
+  are renamed to the MindSpeed-MM ones.
+
+Checkpoints trained with TP > 1 in the PKU branch carry unused text-stream weights for the last block
+(`attn1.to_add_out`, `norm2.norm_enc`, `ff_enc`); they are dropped with a logged note. Any other unexpected or
+missing key is an error that names the keys.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PathLike = Union[str, os.PathLike]
+
+
+# ------------------------------------------------------------------------------------------------ presets
+def read_preset(name: str) -> dict:
+    """Official config kwargs of a preset in mindspeed_mm/osp/configs (name with or without .json)."""
+    path = PRESET_DIR / (name if name.endswith(".json") else f"{name}.json")
+    if not path.is_file():
+        available = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+        raise FileNotFoundError(f"no preset {name!r} in {PRESET_DIR}; available: {available}")
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ key checks
+def _listing(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_keys(model: nn.Module, state_dict: dict, what: str = "model") -> None:
+    """Raise naming the missing / unexpected keys and shape mismatches between `state_dict` and `model`."""
+    expected = model.state_dict()
+    missing = set(expected) - set(state_dict)
+    unexpected = set(state_dict) - set(expected)
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    bad_shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if bad_shapes:
+        problems.append(f"shape mismatches ({len(bad_shapes)}): " + "; ".join(bad_shapes[:12]))
+    if problems:
+        raise ValueError(f"{what}: the checkpoint does not match the model config: " + " | ".join(problems)
+                         + ". Check that the config (preset or config.json) belongs to this checkpoint.")
+
+
+def load_checked(model: nn.Module, state_dict: dict, what: str = "model",
+                 dtype: Optional[torch.dtype] = None) -> None:
+    """Strictly load `state_dict` into `model`. A model on the meta device takes the tensors themselves
+    (cast to `dtype`, default the model's), so no second copy of the weights is made."""
+    check_keys(model, state_dict, what)
+    on_meta = any(p.is_meta for p in model.parameters())
+    if on_meta:
+        dtype_of = {k: dtype or v.dtype for k, v in model.state_dict().items()}
+        state_dict = {k: v.to(dtype_of[k]) if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=on_meta)
+
+
+# ------------------------------------------------------------------------------------------------ v1.5 names
+# PKU (Open-Sora-Plan mindspeed_mmdit branch) -> MindSpeed-MM attention names, applied as substring renames
+# in this order (spec: MindSpeed-MM opensoraplan_converter, v1.5).
+PKU_TO_MM = (
+    ("attn1.norm_q.", "attn1.norm_proj_q."), ("attn1.norm_k.", "attn1.norm_proj_k."),
+    ("attn1.norm_added_q.", "attn1.norm_added_proj_q."), ("attn1.norm_added_k.", "attn1.norm_added_proj_k."),
+    ("attn1.to_q.", "attn1.proj_q."), ("attn1.to_k.", "attn1.proj_k."), ("attn1.to_v.", "attn1.proj_v."),
+    ("attn1.add_q_proj.", "attn1.added_proj_q."), ("attn1.add_k_proj.", "attn1.added_proj_k."),
+    ("attn1.add_v_proj.", "attn1.added_proj_v."),
+    ("attn1.to_out.0.", "attn1.proj_out."), ("attn1.to_add_out.", "attn1.added_proj_out."),
+)
+_PKU_MARKERS = ("attn1.to_q.", "attn1.add_q_proj.", "attn1.to_out.0.", "attn1.norm_q.")
+
+
+def rename_pku_v15(state_dict: dict) -> dict:
+    """PKU-branch v1.5 key names -> MindSpeed-MM names (no-op for MindSpeed-MM names)."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in PKU_TO_MM:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def to_pku_v15(state_dict: dict) -> dict:
+    """MindSpeed-MM v1.5 key names -> PKU-branch names (the inverse of `rename_pku_v15`)."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in PKU_TO_MM:
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
+def is_pku_v15(state_dict: dict) -> bool:
+    return any(marker in key for key in state_dict for marker in _PKU_MARKERS)
+
+
+def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def drop_tp_leftovers(state_dict: dict, num_layers: list[int]) -> dict:
+    """Drop the last block's text-stream weights that PKU TP>1 training builds but no model uses."""
+    last = f"transformer_blocks.{len(num_layers) - 1}.{num_layers[-1] - 1}."
+    unused = tuple(last + name for name in ("attn1.added_proj_out.", "norm2.norm_enc.", "ff_enc."))
+    dropped = [k for k in state_dict if k.startswith(unused)]
+    if dropped:
+        logger.info("note: dropping %d unused last-block text-stream weights left by tensor-parallel training "
+                    "(%s); the model never reads them", len(dropped), _listing(dropped, 6))
+    return {k: v for k, v in state_dict.items() if k not in set(dropped)}
+
+
+_SUV_OFFICIAL = re.compile(r"^transformer_blocks\.(\d+)\.(\d+)\.(.*)$")
+_SUV_FLAT = re.compile(r"^transformer_blocks\.(\d+)\.(.*)$")
+
+
+def suv_official_to_flat(state_dict: dict, num_layers: list[int]) -> dict:
+    """`transformer_blocks.{stage}.{j}.*` -> `transformer_blocks.{flat index}.*`."""
+    starts = [sum(num_layers[:s]) for s in range(len(num_layers))]
+    out = {}
+    for key, value in state_dict.items():
+        m = _SUV_OFFICIAL.match(key)
+        if m:
+            stage, j = int(m.group(1)), int(m.group(2))
+            if stage >= len(num_layers) or j >= num_layers[stage]:
+                raise ValueError(f"unexpected key {key!r}: block ({stage}, {j}) is outside num_layers {num_layers}")
+            key = f"transformer_blocks.{starts[stage] + j}.{m.group(3)}"
+        out[key] = value
+    return out
+
+
+def suv_flat_to_official(state_dict: dict, num_layers: list[int]) -> dict:
+    """Inverse of `suv_official_to_flat`."""
+    where = [(s, j) for s, n in enumerate(num_layers) for j in range(n)]
+    out = {}
+    for key, value in state_dict.items():
+        m = _SUV_FLAT.match(key)
+        if m:
+            s, j = where[int(m.group(1))]
+            key = f"transformer_blocks.{s}.{j}.{m.group(2)}"
+        out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ files
+def load_tensor_file(path: PathLike) -> dict:
+    """A .safetensors file, or a torch pickle (loaded with weights_only=True)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def read_diffusers_folder(path: PathLike) -> tuple[dict, dict]:
+    """(config, state_dict) of a diffusers model folder (`transformer/` or the pipeline folder above it)."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
+        path = path / "transformer"
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json (expected a diffusers `transformer/` folder)")
+    config = json.loads(config_file.read_text())
+    index = sorted(path.glob("*.safetensors.index.json"))
+    if index:
+        weight_map = json.loads(index[0].read_text())["weight_map"]
+        state_dict = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_sd = load_tensor_file(path / shard)
+            state_dict.update({k: v for k, v in shard_sd.items() if k in weight_map})
+        missing = set(weight_map) - set(state_dict)
+        if missing:
+            raise ValueError(f"{index[0]} lists tensors absent from their shards: {_listing(missing)}")
+        return config, state_dict
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"{path}: expected one weights file (or a *.safetensors.index.json), "
+                                f"found {[f.name for f in files]}")
+    return config, load_tensor_file(files[0])
+
+
+def _megatron_file(path: Path) -> Path:
+    """Resolve a Megatron checkpoint folder to its TP=1 `model_optim_rng.pt`."""
+    tracker = path / "latest_checkpointed_iteration.txt"
+    if tracker.is_file():
+        it = tracker.read_text().strip()
+        path = path / ("release" if it == "release" else f"iter_{int(it):07d}")
+    ranks = sorted(p.name for p in path.glob("mp_rank_*") if p.is_dir())
+    if not ranks:
+        raise FileNotFoundError(f"{path}: no mp_rank_* folders (expected a Megatron checkpoint)")
+    if ranks != ["mp_rank_00"]:
+        raise ValueError(f"{path} is sharded over {ranks}: only tensor/pipeline-parallel degree 1 loads here; "
+                         f"merge the shards first (osp convert) or load it under the same parallel layout")
+    return path / "mp_rank_00" / "model_optim_rng.pt"
+
+
+def read_mindspeed_checkpoint(path: PathLike) -> dict:
+    """State dict of a v1.5 checkpoint: model_ema.pt, model_optim_rng.pt or a Megatron folder (TP=1)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "model_ema.pt", path / "model.pt"]
+        found = next((c for c in candidates if c.is_file()), None)
+        path = found if found is not None else _megatron_file(path)
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        for key in ("ema_state_dict", "model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: no state dict found (looked for ema_state_dict / model / a plain dict of tensors)")
+    obj = {k: v for k, v in obj.items() if "_extra_state" not in k}
+    return strip_prefix(obj)
+
+
+def from_pretrained(path: PathLike, config: Optional[Union[dict, str, PathLike]] = None, *,
+                    dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """Load a released denoiser. v1.3: a diffusers `transformer/` folder (its config.json is used).
+    v1.5: model_ema.pt / Megatron checkpoint; `config` = SparseUMMDiT kwargs (dict, JSON path or preset name,
+    default preset `osp15_suv_8b`)."""
+    from mindspeed_mm.osp.dit.osp13 import OSP13DiT
+    from mindspeed_mm.osp.dit.suv import SUVDiT
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir() and ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()):
+        official_config, state_dict = read_diffusers_folder(path)
+        if config is not None:
+            official_config = _read_config(config)
+        return OSP13DiT.from_official(official_config, state_dict, dtype=dtype, device=device)
+    state_dict = read_mindspeed_checkpoint(path)
+    suv_config = _read_config(config if config is not None else "osp15_suv_8b")
+    return SUVDiT.from_official(suv_config, state_dict, dtype=dtype, device=device)
+
+
+def _read_config(config: Union[dict, str, PathLike]) -> dict:
+    if isinstance(config, dict):
+        return config
+    p = Path(config)
+    if p.is_file():
+        data = json.loads(p.read_text())
+        # MindSpeed-MM model json keeps the denoiser kwargs under "predictor".
+        return data.get("predictor", data)
+    return read_preset(str(config))

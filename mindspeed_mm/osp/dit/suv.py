@@ -1,0 +1,362 @@
+"""Open-Sora Plan v1.5 SUV denoiser (`SparseUMMDiT` as in MindSpeed-MM): a U-shaped MMDiT whose stages use
+Skiparse joint attention with per-stage sparse ratios (released: k = 1, 2, 4, 8, 4, 2, 1).
+
+Blocks live in one flat `transformer_blocks` ModuleList (stage boundaries in `stage_ranges`); the official
+checkpoint's `transformer_blocks.{stage}.{j}` keys are mapped by `loading.suv_official_to_flat`. Inside the
+blocks: sequence-first (S, B, D); LayerNorms, modulation, gates and residual adds run in float32 and are cast
+back to the stream dtype.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mindspeed_mm.osp.dit.embeddings import (
+    PatchEmbed2D, TextProjection, TimestepEmbedding, text_key_mask, timestep_embedding, unpatchify,
+    video_key_mask,
+)
+from mindspeed_mm.osp.dit.layers import CoreAttention, FeedForward, FP32LayerNorm, HeadRMSNorm, split_heads
+from mindspeed_mm.osp.dit.rope import RoPE3D
+from mindspeed_mm.osp.ops.skiparse import (
+    mean_over_groups, padded_length, repeat_batch, skiparse, skiparse_key_mask, unskiparse,
+)
+
+logger = logging.getLogger(__name__)
+
+Sparsity = Union[None, str, int, Sequence[int]]
+
+_IGNORED_OFFICIAL_KEYS = {
+    "sample_size_t", "sample_size_h", "sample_size_w", "model_id", "from_pretrained", "dtype",
+    "norm_elementwise_affine", "explicit_uniform_rope",
+}
+
+
+@dataclass
+class SUVConfig:
+    """MindSpeed-MM `SparseUMMDiT` kwargs (defaults = the released 8.5B model)."""
+    num_layers: list = field(default_factory=lambda: [2, 4, 6, 8, 6, 4, 2])
+    sparse_n: list = field(default_factory=lambda: [1, 2, 4, 8, 4, 2, 1])
+    double_ff: bool = True
+    sparse1d: bool = True
+    num_heads: int = 24
+    head_dim: int = 128
+    in_channels: int = 32
+    out_channels: int = 32
+    timestep_embed_dim: int = 1024
+    caption_channels: int = 2048
+    pooled_projection_dim: int = 1280
+    skip_connection: bool = True
+    skip_connection_zero_init: bool = True
+    dropout: float = 0.0
+    attention_bias: bool = True
+    patch_size_thw: list = field(default_factory=lambda: [1, 2, 2])
+    activation_fn: str = "gelu-approximate"
+    norm_cls: str = "fp32_layer_norm"
+    norm_eps: float = 1e-6
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @classmethod
+    def from_official(cls, config: dict) -> "SUVConfig":
+        known = {f.name for f in fields(cls)}
+        kwargs, unknown = {}, []
+        for key, value in config.items():
+            if key in known:
+                kwargs[key] = list(value) if isinstance(value, (list, tuple)) else value
+            elif not key.startswith("_") and key not in _IGNORED_OFFICIAL_KEYS:
+                unknown.append(key)
+        if unknown:
+            logger.warning("SUVConfig: ignoring unknown official config keys %s", sorted(unknown))
+        if config.get("explicit_uniform_rope"):
+            raise ValueError("explicit_uniform_rope=True (random RoPE offsets in training) is not implemented")
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def to_official(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if len(self.num_layers) != len(self.sparse_n) or len(self.num_layers) % 2 == 0:
+            raise ValueError(f"num_layers {self.num_layers} and sparse_n {self.sparse_n} must have the same odd "
+                             f"number of stages (encoder, middle, decoder)")
+        if any(n < 1 for n in self.num_layers) or any(k < 1 for k in self.sparse_n):
+            raise ValueError("every stage needs >= 1 block and sparse ratio >= 1")
+        if self.activation_fn != "gelu-approximate":
+            raise ValueError(f"activation_fn {self.activation_fn!r} is not supported (use 'gelu-approximate')")
+        if self.norm_cls != "fp32_layer_norm":
+            raise ValueError(f"norm_cls {self.norm_cls!r} is not supported (use 'fp32_layer_norm')")
+        if self.patch_size_thw[0] != 1:
+            raise ValueError(f"patch_size_thw {self.patch_size_thw}: the patch embedding is per frame (t = 1)")
+        if self.patch_size_thw[1] != self.patch_size_thw[2]:
+            raise ValueError(f"patch_size_thw {self.patch_size_thw}: square spatial patches only")
+
+
+class AdaNormZero(nn.Module):
+    """Per-block modulation: linear(SiLU(c)) -> 6 vectors; `norm` (video) and `norm_enc` (text) LayerNorms."""
+
+    def __init__(self, cond_dim: int, dim: int, eps: float, with_text_norm: bool):
+        super().__init__()
+        self.linear = nn.Linear(cond_dim, 6 * dim)
+        self.norm = FP32LayerNorm(dim, eps=eps)
+        self.norm_enc = FP32LayerNorm(dim, eps=eps) if with_text_norm else None
+
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, cond) -> six float32 (1, B, D) tensors: shift, scale, gate, text shift, text scale, text gate."""
+        m = self.linear(F.silu(c).to(self.linear.weight.dtype)).float()
+        return tuple(t[None] for t in m.chunk(6, dim=-1))
+
+
+def _modulate(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (norm(x).float() * (1 + scale) + shift).to(x.dtype)
+
+
+def _gated_add(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x.float() + gate * y.float()).to(x.dtype)
+
+
+class SUVAttention(nn.Module):
+    """attn1: joint video+text attention; video tokens Skiparse-rearranged, text repeated k times."""
+
+    def __init__(self, dim: int, head_dim: int, bias: bool, eps: float, context_pre_only: bool):
+        super().__init__()
+        self.head_dim = head_dim
+        for name in ("proj_q", "proj_k", "proj_v", "added_proj_q", "added_proj_k", "added_proj_v"):
+            setattr(self, name, nn.Linear(dim, dim, bias=bias))
+        self.norm_proj_q = HeadRMSNorm(head_dim, eps)
+        self.norm_proj_k = HeadRMSNorm(head_dim, eps)
+        self.norm_added_proj_q = HeadRMSNorm(head_dim, eps)
+        self.norm_added_proj_k = HeadRMSNorm(head_dim, eps)
+        self.proj_out = nn.Linear(dim, dim, bias=bias)
+        self.added_proj_out = None if context_pre_only else nn.Linear(dim, dim, bias=bias)
+        self.core_attention = CoreAttention()
+
+    def forward(self, x, e, video_mask, text_mask, rope: RoPE3D, rope_tables, k: int, group: bool):
+        n, b = x.shape[:2]
+        hd = self.head_dim
+        q = rope.apply(self.norm_proj_q(split_heads(self.proj_q(x), hd)), rope_tables)
+        key = rope.apply(self.norm_proj_k(split_heads(self.proj_k(x), hd)), rope_tables)
+        v = split_heads(self.proj_v(x), hd)
+        tq = self.norm_added_proj_q(split_heads(self.added_proj_q(e), hd))
+        tk = self.norm_added_proj_k(split_heads(self.added_proj_k(e), hd))
+        tv = split_heads(self.added_proj_v(e), hd)
+        q, key, v = (skiparse(t, k, group) for t in (q, key, v))
+        tq, tk, tv = (repeat_batch(t, k) for t in (tq, tk, tv))
+        vmask = skiparse_key_mask(video_mask, n, b, k, group, device=x.device)
+        mask = None
+        if vmask is not None or text_mask is not None:
+            vmask = vmask if vmask is not None else torch.zeros(k * b, q.shape[0], dtype=torch.bool, device=x.device)
+            tmask = (repeat_batch(text_mask.transpose(0, 1), k).transpose(0, 1) if text_mask is not None
+                     else torch.zeros(k * b, tq.shape[0], dtype=torch.bool, device=x.device))
+            mask = torch.cat([vmask, tmask], dim=1)
+        out = self.core_attention(torch.cat([q, tq]), torch.cat([key, tk]), torch.cat([v, tv]), mask)
+        nv = padded_length(n, k) // k
+        video = self.proj_out(unskiparse(out[:nv], k, group, n))
+        text = None if self.added_proj_out is None else self.added_proj_out(mean_over_groups(out[nv:], k))
+        return video, text
+
+
+class SUVBlock(nn.Module):
+    """SparseMMDiTBlock. `context_pre_only` (the last block): text stream only feeds the attention."""
+
+    def __init__(self, cfg: SUVConfig, context_pre_only: bool = False):
+        super().__init__()
+        d, eps = cfg.hidden_size, cfg.norm_eps
+        self.context_pre_only = context_pre_only
+        self.norm1 = AdaNormZero(cfg.timestep_embed_dim, d, eps, with_text_norm=True)
+        self.attn1 = SUVAttention(d, cfg.head_dim, cfg.attention_bias, eps, context_pre_only)
+        self.norm2 = AdaNormZero(cfg.timestep_embed_dim, d, eps, with_text_norm=not context_pre_only)
+        self.ff = FeedForward(d, mult=4, bias=False, dropout=cfg.dropout)
+        use_text_ff = cfg.double_ff and not context_pre_only
+        self.ff_enc = FeedForward(d, mult=4, bias=False, dropout=cfg.dropout) if use_text_ff else None
+        self.skiparse_k, self.skiparse_group = 1, False  # set by SUVDiT.set_sparsity
+
+    def forward(self, x, e, c, video_mask, text_mask, rope, rope_tables,
+                sparse: Optional[tuple[int, bool]] = None):
+        k, group = sparse if sparse is not None else (self.skiparse_k, self.skiparse_group)
+        sh, sc, g, esh, esc, eg = self.norm1.modulation(c)
+        xn = _modulate(self.norm1.norm, x, sh, sc)
+        en = _modulate(self.norm1.norm_enc, e, esh, esc)
+        ax, ae = self.attn1(xn, en, video_mask, text_mask, rope, rope_tables, k, group)
+        x = _gated_add(x, g, ax)
+        sh, sc, g, esh, esc, eg2 = self.norm2.modulation(c)
+        x = _gated_add(x, g, self.ff(_modulate(self.norm2.norm, x, sh, sc)))
+        if self.context_pre_only:
+            return x, e
+        e = _gated_add(e, eg, ae)
+        en = _modulate(self.norm2.norm_enc, e, esh, esc)
+        e = _gated_add(e, eg2, (self.ff_enc or self.ff)(en))
+        return x, e
+
+
+class TimeTextEmbedding(nn.Module):
+    """c = TimestepEmbedding(sinusoid(t)) + TextProjection(pooled CLIP), in float32 (B, timestep_embed_dim)."""
+
+    def __init__(self, dim: int, pooled_dim: int):
+        super().__init__()
+        self.timestep_embedder = TimestepEmbedding(dim, dim)
+        self.text_embedder = TextProjection(pooled_dim, dim, act="silu")
+
+    def forward(self, timestep: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        dtype = self.timestep_embedder.linear_1.weight.dtype
+        t = self.timestep_embedder(timestep_embedding(timestep, self.timestep_embedder.linear_1.in_features).to(dtype))
+        return t.float() + self.text_embedder(pooled.to(dtype)).float()
+
+
+class AdaNormOut(nn.Module):
+    """Output modulation: shift, scale = linear(SiLU(c)); LN(x) * (1 + scale) + shift."""
+
+    def __init__(self, cond_dim: int, dim: int, eps: float):
+        super().__init__()
+        self.linear = nn.Linear(cond_dim, 2 * dim)
+        self.norm = FP32LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.linear(F.silu(c).to(self.linear.weight.dtype)).float().chunk(2, dim=-1)
+        return _modulate(self.norm, x, shift[None], scale[None])
+
+
+class SUVDiT(nn.Module):
+    """v1.5 SUV MMDiT. See `forward` for the inputs."""
+
+    def __init__(self, config: SUVConfig):
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        d, p = cfg.hidden_size, cfg.patch_size_thw[1]
+        self.patch_embed = PatchEmbed2D(cfg.in_channels, d, p)
+        self.time_text_embed = TimeTextEmbedding(cfg.timestep_embed_dim, cfg.pooled_projection_dim)
+        self.caption_projection = nn.Linear(cfg.caption_channels, d)
+        total = sum(cfg.num_layers)
+        self.transformer_blocks = nn.ModuleList([SUVBlock(cfg, context_pre_only=(i == total - 1))
+                                                 for i in range(total)])
+        starts = [sum(cfg.num_layers[:s]) for s in range(len(cfg.num_layers))]
+        self.stage_ranges = [(s, s + n) for s, n in zip(starts, cfg.num_layers)]
+        self.mid_stage = len(cfg.num_layers) // 2
+        if cfg.skip_connection:
+            self.skip_norm_linear = nn.ModuleList([self._skip_layer(d) for _ in range(self.mid_stage)])
+            self.skip_norm_linear_enc = nn.ModuleList([self._skip_layer(d) for _ in range(self.mid_stage)])
+        self.norm_final = FP32LayerNorm(d, eps=cfg.norm_eps)
+        self.norm_out = AdaNormOut(cfg.timestep_embed_dim, d, cfg.norm_eps)
+        self.proj_out = nn.Linear(d, p * p * cfg.out_channels)
+        self.rope = RoPE3D.v15(cfg.head_dim)
+        self.set_sparsity(None)
+        if cfg.skip_connection and cfg.skip_connection_zero_init and not any(x.is_meta for x in self.parameters()):
+            for lin in [m[1] for m in (*self.skip_norm_linear, *self.skip_norm_linear_enc)]:
+                with torch.no_grad():
+                    lin.weight.zero_()
+                    lin.weight[:, :d].copy_(torch.eye(d))
+                    lin.bias.zero_()
+
+    def _skip_layer(self, d: int) -> nn.Sequential:
+        # zero-init: Identity then Linear(2D -> D) initialised to [I | 0]; otherwise a LayerNorm over 2D first.
+        first = nn.Identity() if self.config.skip_connection_zero_init else FP32LayerNorm(2 * d, eps=self.config.norm_eps)
+        return nn.Sequential(first, nn.Linear(2 * d, d))
+
+    # ----------------------------------------------------------------------------------------- sparsity
+    def sparsity_plan(self, sparsity: Sparsity = None) -> list[tuple[int, bool]]:
+        """(k, group) per block. `sparsity`: None/"trained" = config sparse_n, "dense" or 1 = no Skiparse,
+        int k > 1 = k in every stage trained sparse, list = k per stage. Group Skip on odd blocks of a stage."""
+        trained = list(self.config.sparse_n) if self.config.sparse1d else [1] * len(self.config.num_layers)
+        if sparsity in (None, "trained"):
+            per_stage = trained
+        elif sparsity == "dense":
+            per_stage = [1] * len(trained)
+        elif isinstance(sparsity, int) and not isinstance(sparsity, bool) and sparsity >= 1:
+            per_stage = [sparsity if k > 1 else 1 for k in trained]
+        elif isinstance(sparsity, (list, tuple)) and len(sparsity) == len(trained) and all(
+                isinstance(k, int) and k >= 1 for k in sparsity):
+            per_stage = list(sparsity)
+        else:
+            raise ValueError(f"sparsity must be None, 'trained', 'dense', an int k >= 1 or one int per stage "
+                             f"({len(trained)} stages), got {sparsity!r}")
+        return [(k, k > 1 and j % 2 == 1) for k, n in zip(per_stage, self.config.num_layers) for j in range(n)]
+
+    def set_sparsity(self, sparsity: Sparsity = None) -> None:
+        """Set the Skiparse plan used by later forwards (weights unchanged)."""
+        for block, (k, group) in zip(self.transformer_blocks, self.sparsity_plan(sparsity)):
+            block.skiparse_k, block.skiparse_group = k, group
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_attention_mask: Optional[torch.Tensor] = None,
+                pooled_projections: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                sparsity: Sparsity = None) -> torch.Tensor:
+        """hidden_states (B, C, T, H, W); timestep (B,) = sigma*1000; encoder_hidden_states (B, 1, L, C_t5) or
+        (B, L, C_t5); encoder_attention_mask (B, 1, L), 1 = keep; pooled_projections (B, 1280) CLIP text_embeds;
+        attention_mask (B, T, H, W), 1 = keep (optional). Returns the prediction (B, out_channels, T, H, W)."""
+        cfg = self.config
+        if pooled_projections is None:
+            raise ValueError("SUVDiT needs pooled_projections (the CLIP pooled text embedding, (B, "
+                             f"{cfg.pooled_projection_dim}))")
+        b, c_in, t, h, w = hidden_states.shape
+        p = cfg.patch_size_thw[1]
+        if c_in != cfg.in_channels:
+            raise ValueError(f"expected {cfg.in_channels} latent channels, got {c_in}")
+        if h % p or w % p:
+            raise ValueError(f"latent height/width ({h}, {w}) must be divisible by the patch size {p}")
+        grid = (t, h // p, w // p)
+        dtype = self.proj_out.weight.dtype
+        x = self.patch_embed(hidden_states.to(dtype)).transpose(0, 1)                            # (N, B, D)
+        c = self.time_text_embed(timestep, pooled_projections)                                    # (B, Dt) fp32
+        text = encoder_hidden_states.to(dtype)
+        e = self.caption_projection(text.reshape(b, -1, text.shape[-1])).transpose(0, 1)         # (L, B, D)
+        text_mask = text_key_mask(encoder_attention_mask, b, e.shape[0])
+        video_mask = video_key_mask(attention_mask, (1, p, p))
+        tables = self.rope.tables(grid, x.device, dtype)
+        plan = self.sparsity_plan(sparsity) if sparsity is not None else None
+        skips = []
+        for stage, (start, stop) in enumerate(self.stage_ranges):
+            if stage > self.mid_stage and cfg.skip_connection:
+                xs, es = skips.pop()
+                j = stage - self.mid_stage - 1
+                x = self.skip_norm_linear[j](torch.cat([x, xs], dim=-1))
+                e = self.skip_norm_linear_enc[j](torch.cat([e, es], dim=-1))
+            for i in range(start, stop):
+                x, e = self.transformer_blocks[i](x, e, c, video_mask, text_mask, self.rope, tables,
+                                                  None if plan is None else plan[i])
+            if stage < self.mid_stage and cfg.skip_connection:
+                skips.append((x, e))
+        x = self.proj_out(self.norm_out(self.norm_final(x), c))
+        return unpatchify(x.transpose(0, 1), grid, (1, p, p), cfg.out_channels)
+
+    # ----------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_official(cls, config: dict, state_dict: dict, *, dtype: torch.dtype = torch.float32,
+                      device: Union[str, torch.device] = "cpu") -> "SUVDiT":
+        """Build from SparseUMMDiT kwargs and a MindSpeed-MM (or PKU-named) TP=1 state dict; strict keys,
+        except the last block's unused text-stream weights left by TP>1 training (dropped with a note)."""
+        from mindspeed_mm.osp.dit.loading import (
+            drop_tp_leftovers, is_pku_v15, load_checked, rename_pku_v15, suv_official_to_flat,
+        )
+
+        cfg = SUVConfig.from_official(config)
+        if is_pku_v15(state_dict):
+            logger.info("renaming PKU-branch v1.5 keys (to_q, add_q_proj, ...) to MindSpeed-MM names")
+            state_dict = rename_pku_v15(state_dict)
+        state_dict = drop_tp_leftovers(state_dict, cfg.num_layers)
+        with torch.device("meta"):
+            model = cls(cfg)
+        load_checked(model, suv_official_to_flat(state_dict, cfg.num_layers), what="v1.5 SUV DiT", dtype=dtype)
+        return model.to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_preset(cls, name: str = "osp15_suv_8b", *, device: Union[str, torch.device] = "meta") -> "SUVDiT":
+        """Build a preset (mindspeed_mm/osp/configs/<name>.json) with fresh weights (meta device by default)."""
+        from mindspeed_mm.osp.dit.loading import read_preset
+
+        with torch.device(device):
+            return cls(SUVConfig.from_official(read_preset(name)))
+
+    def official_state_dict(self) -> dict:
+        """State dict under the MindSpeed-MM names (`transformer_blocks.{stage}.{j}.*`)."""
+        from mindspeed_mm.osp.dit.loading import suv_flat_to_official
+
+        return suv_flat_to_official(self.state_dict(), self.config.num_layers)
