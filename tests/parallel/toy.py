@@ -154,7 +154,9 @@ def toy_plan(model: ToyDiT) -> ParallelPlan:
                                                    "added_proj_v")) + (blk + "ff.net.0.proj", blk + "ff_enc.net.0.proj"),
         row=(blk + "attn1.proj_out", blk + "attn1.added_proj_out", blk + "ff.net.2", blk + "ff_enc.net.2"),
         conditioning=(blk + "norm1.linear", "norm_out.linear"),
-        attention_cores={blk + "attn1.core": 6},
+        ulysses_in=tuple(blk + f"attn1.{n}" for n in ("proj_q", "proj_k", "proj_v", "added_proj_q",
+                                                      "added_proj_k", "added_proj_v")),
+        ulysses_out=(blk + "attn1.proj_out", blk + "attn1.added_proj_out"),
         blocks=lambda m: [f"transformer_blocks.{i}" for i in range(len(m.transformer_blocks))],
         heads=lambda m: m.heads,
         sequence_keys=lambda k: k in ("x", "e") or k.startswith("skip"),
@@ -171,10 +173,10 @@ def toy_plan(model: ToyDiT) -> ParallelPlan:
 register_plan("ToyDiT", toy_plan)
 
 
-def toy_inputs(batch=2, tokens=16, text=8, seed=0):
+def toy_inputs(batch=4, tokens=16, text=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(batch, text, dtype=torch.bool)
     mask[0, -3:] = False
     return {"hidden_states": torch.randn(batch, tokens, 6, generator=g),
             "text": torch.randn(batch, text, 10, generator=g), "text_mask": mask,
-            "timestep": torch.tensor([3.0, 700.0])[:batch]}
+            "timestep": torch.rand(batch, generator=g) * 1000}

@@ -30,5 +30,15 @@ def full_state_dict(pmodel):
     return _full_state_dict(pmodel)
 
 
+def make_optimizer(pmodel, **kwargs):
+    from mindspeed_mm.osp.parallel.train import make_optimizer as _make_optimizer
+    return _make_optimizer(pmodel, **kwargs)
+
+
+def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
+    from mindspeed_mm.osp.parallel.train import train_step as _train_step
+    return _train_step(pmodel, optimizer, loss_fn, num_microbatches, **inputs)
+
+
 __all__ = ["Layout", "ParallelPlan", "current_layout", "forward", "full_state_dict", "initialize",
-           "parallelize", "register_plan"]
+           "make_optimizer", "parallelize", "register_plan", "train_step"]

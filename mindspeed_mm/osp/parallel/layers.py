@@ -43,7 +43,13 @@ def _copy_shard(param: torch.nn.Parameter, full: torch.Tensor, dim: int) -> None
 
 
 class ColumnLinear(ColumnParallelLinear):
-    """Output features split over TP (heads / FFN neurons); under SP it first gathers the sequence."""
+    """Output features split over TP (heads / FFN neurons); under SP it first gathers the sequence.
+
+    `input_gathered`: the enclosing module already gathered the sequence (one gather for q, k and v; its
+    backward reduce-scatter sums the input gradient), so this is a plain local matmul.
+    """
+
+    input_gathered = False
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, layout) -> "ColumnLinear":
@@ -57,6 +63,8 @@ class ColumnLinear(ColumnParallelLinear):
         return layer
 
     def forward(self, x):
+        if self.input_gathered:
+            return F.linear(x, self.weight, self.bias)
         return super().forward(x)[0]
 
 

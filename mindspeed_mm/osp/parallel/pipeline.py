@@ -102,9 +102,11 @@ def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=No
     schemas = boundary_schemas(pmodel, microbatches[0])
     capacity = max(sum(s.numel() for _, s, _ in sch) for k, sch in schemas.items() if k != "out")
     for chunk in pmodel.chunks:
-        chunk.config.osp_plan, chunk.config.osp_layout = pmodel.plan, pmodel.layout
+        config = getattr(chunk, "module", chunk).config
+        config.osp_plan, config.osp_layout = pmodel.plan, pmodel.layout
 
     def step(data_iterator, chunk):
+        chunk = getattr(chunk, "module", chunk)  # megatron DDP wraps chunks for training
         inputs = next(data_iterator)
         out = run_chunk(chunk, inputs, schemas, capacity)
         if not chunk.last or loss_fn is None:
@@ -133,7 +135,7 @@ def forward(pmodel, num_microbatches: int = 1, **inputs) -> torch.Tensor:
         result = torch.cat(outputs)
     else:
         result = torch.empty((out_shape[0] * num_microbatches,) + tuple(out_shape[1:]),
-                             dtype=pmodel.chunks[0].config.pipeline_dtype)
+                             dtype=getattr(pmodel.chunks[0], "module", pmodel.chunks[0]).config.pipeline_dtype)
     torch.distributed.broadcast(result, parallel_state.get_pipeline_model_parallel_last_rank(),
                                 group=parallel_state.get_pipeline_model_parallel_group())
     return result

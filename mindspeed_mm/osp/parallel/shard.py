@@ -31,7 +31,10 @@ class Chunk(torch.nn.Module):
         owned = [n for n, i in plan.attached.items() if start <= i < end]
         owned += list(plan.pre) if first else []
         owned += list(plan.post) if last else []
-        self.extra = torch.nn.ModuleList(model.get_submodule(n) for n in owned)
+        self.extra = torch.nn.ModuleList(m for m in map(lambda n: _get(model, n), owned)
+                                         if isinstance(m, torch.nn.Module))
+        self.extra_params = torch.nn.ParameterList(p for p in map(lambda n: _get(model, n), owned)
+                                                   if isinstance(p, torch.nn.Parameter))
         self.start, self.end, self.first, self.last = start, end, first, last
         self.config = config
         self.model_type = ModelType.encoder_or_decoder
@@ -61,6 +64,12 @@ def _meta_clone(model: torch.nn.Module) -> torch.nn.Module:
         memo[id(t)] = torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(
             t, torch.nn.Parameter) else meta
     return copy.deepcopy(model, memo)
+
+
+def _get(model, name):
+    """A submodule or a parameter by dotted name."""
+    parent, _, child = name.rpartition(".")
+    return getattr(model.get_submodule(parent) if parent else model, child)
 
 
 def _set(model, name, module):
@@ -99,8 +108,9 @@ def parallelize(model: torch.nn.Module) -> ParallelModel:
 
     _shard_linears(model, plan, layout)
     if layout.context_parallel > 1:
-        _wrap_attention_cores(model, plan)
+        _hook_ulysses(model, plan)
     if layout.sequence_parallel:
+        _gather_module_inputs(model, plan)
         _mark_sequence_parallel(model, plan, names)
 
     dtype = next(model.parameters()).dtype
@@ -121,29 +131,41 @@ def _shard_linears(model, plan, layout) -> None:
         _set(model, name, KINDS[kind].from_linear(module, layout))
 
 
-def _wrap_attention_cores(model, plan) -> None:
+def _hook_ulysses(model, plan) -> None:
+    """All-to-all over CP after the q/k/v projections and before the output projections."""
+    group = parallel_state.get_context_parallel_group()
     for name, module in model.named_modules():
-        n = plan.core_args(name)
+        role = plan.ulysses_role(name)
+        if role is None or isinstance(module, Dropped):
+            continue
+        if role == "in":
+            module.register_forward_hook(lambda mod, args, out: sequence_to_heads(out, group))
+        else:
+            module.register_forward_pre_hook(lambda mod, args: (heads_to_sequence(args[0], group),) + args[1:])
+
+
+def _gather_module_inputs(model, plan) -> None:
+    from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+    from mindspeed_mm.osp.parallel.layers import ColumnLinear
+    for name, module in model.named_modules():
+        n = plan.gathered_args(name)
         if n is None or isinstance(module, Dropped):
             continue
 
         def before(mod, args, kwargs, n=n):
-            group = parallel_state.get_context_parallel_group()
-            return tuple(sequence_to_heads(a, group) for a in args[:n]) + tuple(args[n:]), kwargs
-
-        def after(mod, args, kwargs, out):
-            group = parallel_state.get_context_parallel_group()
-            if isinstance(out, tuple):
-                return tuple(heads_to_sequence(o, group) for o in out)
-            return heads_to_sequence(out, group)
+            gathered = tuple(gather_from_sequence_parallel_region(a) for a in args[:n])
+            return gathered + tuple(args[n:]), kwargs
 
         module.register_forward_pre_hook(before, with_kwargs=True)
-        module.register_forward_hook(after, with_kwargs=True)
+        for sub in module.modules():
+            if isinstance(sub, ColumnLinear):
+                sub.input_gathered = True
 
 
 def _mark_sequence_parallel(model, plan, block_names) -> None:
     """Replicated parameters that see only this rank's tokens: megatron sums their grads over TP."""
     for name in list(block_names) + list(plan.post) + list(plan.attached):
-        for p in model.get_submodule(name).parameters():
+        obj = _get(model, name)
+        for p in ([obj] if isinstance(obj, torch.nn.Parameter) else obj.parameters()):
             if not getattr(p, "tensor_model_parallel", False):
                 p.sequence_parallel = True
