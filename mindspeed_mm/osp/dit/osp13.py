@@ -113,8 +113,8 @@ class SelfAttention13(nn.Module):
         self.core_attention = CoreAttention()
 
     def forward(self, x, rope: RoPE3D, rope_tables, video_mask, k: int, group: bool):
-        n, b = x.shape[:2]
         q = rope.apply(split_heads(self.to_q(x), self.head_dim), rope_tables)
+        n, b = q.shape[:2]  # the whole sequence, also when x is a shard (Ulysses CP)
         key = rope.apply(split_heads(self.to_k(x), self.head_dim), rope_tables)
         v = split_heads(self.to_v(x), self.head_dim)
         q, key, v = (skiparse(t, k, group) for t in (q, key, v))

@@ -139,9 +139,9 @@ class SUVAttention(nn.Module):
         self.core_attention = CoreAttention()
 
     def forward(self, x, e, video_mask, text_mask, rope: RoPE3D, rope_tables, k: int, group: bool):
-        n, b = x.shape[:2]
         hd = self.head_dim
         q = rope.apply(self.norm_proj_q(split_heads(self.proj_q(x), hd)), rope_tables)
+        n, b = q.shape[:2]  # the whole sequence, also when x is a shard (Ulysses CP)
         key = rope.apply(self.norm_proj_k(split_heads(self.proj_k(x), hd)), rope_tables)
         v = split_heads(self.proj_v(x), hd)
         tq = self.norm_added_proj_q(split_heads(self.added_proj_q(e), hd))
