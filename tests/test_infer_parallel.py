@@ -32,7 +32,12 @@ def _torchrun(args, tmp_path):
     return proc
 
 
-@pytest.mark.parametrize("preset,frames,flag", [("tiny-osp15-random", "9", "--tp"), ("tiny-osp13-random", "9", "--cp")])
+SLOW = pytest.mark.skipif(os.environ.get("OSP_SLOW_TESTS") != "1",
+                          reason="a second 2-process launch costs ~50 s on 2 shared cores; set OSP_SLOW_TESTS=1")
+
+
+@pytest.mark.parametrize("preset,frames,flag", [("tiny-osp15-random", "9", "--tp"),
+                                                pytest.param("tiny-osp13-random", "9", "--cp", marks=SLOW)])
 def test_two_processes_match_one(tmp_path, preset, frames, flag):
     one, two = tmp_path / "one.mp4", tmp_path / "two.mp4"
     assert main(["sample", "--preset", preset, "--num-frames", frames, *ARGS, "--output", str(one)]) == 0
@@ -40,6 +45,7 @@ def test_two_processes_match_one(tmp_path, preset, frames, flag):
     a, b = _latents(one), _latents(two)
     assert a.shape == b.shape
     diff = float((a - b).abs().max())
+    print(f"{preset} {flag} 2: max |latent diff| vs 1 process = {diff:.3g} (max |latent| {float(a.abs().max()):.3g})")
     assert diff <= 1e-4 * max(1.0, float(a.abs().max())), diff
     assert two.exists() and two.with_suffix(".json").exists()
 
