@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="pipeline folder (model_index.json, transformer/, vae/, text_encoder/, ...)")
     src.add_argument("--preset", help="tiny random pipeline built in code: tiny-osp13-random, tiny-osp13-i2v-random, "
-                                      "tiny-osp15-random")
+                                      "tiny-osp15-random (defaults: 2 latent frames + 1, 64x96, 4 steps)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument("--prompt-file", help="text file, one prompt per line (blank lines and # comments skipped)")
     p.add_argument("--negative-prompt", default=None, help="appended to the model's default negative prompt")

@@ -4,6 +4,8 @@ For smoke tests, benchmarks of the sampling loop and CLI checks without any chec
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 TINY_OSP13 = dict(num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=4, num_layers=4,
@@ -65,4 +67,7 @@ def build_preset(name: str, seed: int = 0):
         pipe = VideoPipeline("v1.5", transformer, vae, text, FlowMatchEulerSampler(shift=7.0))
     for module in (transformer, vae):
         module.eval().requires_grad_(False)
+    # small default sizes (the official guidance settings are kept)
+    tf = pipe.geometry.temporal_factor
+    pipe.defaults = replace(pipe.defaults, num_frames=2 * tf + 1, height=64, width=96, steps=4)
     return pipe
