@@ -72,3 +72,10 @@ def test_prompt_refiner_with_a_tiny_local_causal_lm(tmp_path):
     refiner = PromptRefiner(tmp_path / "refiner", max_new_tokens=6, instruction="{}")
     a, b = refiner("a cat"), refiner("a cat")
     assert isinstance(a, str) and a == b and a  # greedy decoding is deterministic and non-empty
+
+
+def test_long_prompts_are_truncated_with_a_warning(caplog):
+    cond = TextConditioner(tiny_t5_encoder(16), tiny_tokenizer(8), max_length=8)
+    with caplog.at_level("WARNING"):
+        out = cond.encode(["a cat " * 10])
+    assert out.attention_mask.sum() == 8 and "truncated to 8" in caplog.text

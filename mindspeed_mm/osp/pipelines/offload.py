@@ -26,7 +26,11 @@ class BlockOffload:
 
     def __init__(self, model: nn.Module, device, blocks: Optional[Iterable[nn.Module]] = None, pin: bool = True):
         self.device = torch.device(device)
-        self.blocks = list(blocks) if blocks is not None else [b for lst in find_block_lists(model) for b in lst]
+        if blocks is None:  # the denoisers' `transformer_blocks`, else every block list found
+            lists = [model.transformer_blocks] if isinstance(getattr(model, "transformer_blocks", None), nn.ModuleList) \
+                else find_block_lists(model)
+            blocks = [b for lst in lists for b in lst]
+        self.blocks = list(blocks)
         if not self.blocks:
             raise ValueError(f"{type(model).__name__} has no nn.ModuleList of blocks to offload")
         block_params = {id(p) for b in self.blocks for p in b.parameters()}

@@ -5,11 +5,14 @@ v1.5: T5-v1.1-XL encoder last hidden state (max 512) + mask, and CLIP-bigG `text
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +78,9 @@ class TextConditioner:
         self.pooled_encoder, self.pooled_tokenizer, self.pooled_max_length = pooled_encoder, pooled_tokenizer, pooled_max_length
 
     def _tokens(self, tokenizer, prompts: List[str], max_length: int, device):
+        for prompt, ids in zip(prompts, tokenizer(prompts).input_ids):
+            if len(ids) > max_length:
+                logger.warning("prompt truncated to %d of its %d tokens: %r", max_length, len(ids), prompt[:80] + "...")
         batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                           return_attention_mask=True, return_tensors="pt")
         return batch.input_ids.to(device), batch.attention_mask.to(device)
