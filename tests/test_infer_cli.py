@@ -76,3 +76,47 @@ def test_model_folder_and_missing_component(tmp_path):
     shutil.rmtree(folder / "tokenizer")
     with pytest.raises(SystemExit, match="no tokenizer/ component folder"):
         main(["sample", "--model", str(folder), "--prompt", "a", "--output", str(tmp_path / "z.mp4")])
+
+
+@pytest.mark.parametrize("preset", ["tiny-osp13-random", "tiny-osp15-random"])
+def test_make_pipeline_from_released_layouts(tmp_path, preset):
+    """Write each part in the layout it is published in, assemble with `osp make-pipeline`, sample from it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mindspeed_mm.osp.pipelines import build_preset
+
+    pipe = build_preset(preset)
+    dit = pipe.transformer
+    if preset.startswith("tiny-osp13"):  # diffusers transformer/ folder
+        tdir = tmp_path / "transformer"
+        tdir.mkdir()
+        (tdir / "config.json").write_text(json.dumps(dit.config.to_official()))
+        save_file({k: v.contiguous() for k, v in dit.official_state_dict().items()},
+                  str(tdir / "diffusion_pytorch_model.safetensors"))
+        transformer, extra = tdir, []
+    else:  # MindSpeed-MM EMA checkpoint + the SparseUMMDiT kwargs
+        transformer = tmp_path / "model_ema.pt"
+        torch.save({"ema_state_dict": dit.official_state_dict()}, transformer)
+        (tmp_path / "suv.json").write_text(json.dumps(dit.config.to_official()))
+        extra = ["--transformer-config", str(tmp_path / "suv.json")]
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    pipe.text.encoder.save_pretrained(tmp_path / "t5")
+    pipe.text.tokenizer.save_pretrained(tmp_path / "t5")
+    if pipe.text.pooled_encoder is not None:
+        pipe.text.pooled_encoder.save_pretrained(tmp_path / "clip")
+        pipe.text.pooled_tokenizer.save_pretrained(tmp_path / "clip")
+        extra += ["--text-encoder-2", str(tmp_path / "clip")]
+    version = pipe.version
+    assert main(["make-pipeline", "--version", version, "--transformer", str(transformer), "--vae",
+                 str(tmp_path / "vae"), "--text-encoder", str(tmp_path / "t5"), "--dtype", "fp32",
+                 "--output", str(tmp_path / "pipe"), *extra]) == 0
+    out = tmp_path / "v.mp4"
+    assert main(["sample", "--model", str(tmp_path / "pipe"), "--prompt", "a cat", "--num-frames",
+                 "5" if version == "v1.3" else "9", *TINY, "--output", str(out), "--save-latents"]) == 0
+    # same weights as the in-memory preset (text max length differs: the released 512 vs the preset's 32)
+    assert _read_back(out).shape[1:] == (32, 48, 3)
+    wrong = "v1.5" if version == "v1.3" else "v1.3"
+    with pytest.raises(SystemExit, match="not the v1.. denoiser|needs the CLIP"):
+        main(["make-pipeline", "--version", wrong, "--transformer", str(transformer), "--vae", str(tmp_path / "vae"),
+              "--text-encoder", str(tmp_path / "t5"), "--output", str(tmp_path / "bad"), *extra])

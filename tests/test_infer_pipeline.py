@@ -156,3 +156,17 @@ def test_chunked_vae_decode_equals_whole_clip(pipe13):
     finally:
         pipe13.vae_chunk_frames = None
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+
+
+def test_parts_that_do_not_fit_are_named(pipe13):
+    from mindspeed_mm.osp.pipelines import VideoPipeline
+    from mindspeed_mm.osp.vae import WFVAE
+
+    with pytest.raises(ValueError, match="temporal compression 4"):
+        VideoPipeline("v1.3", pipe13.transformer, WFVAE.from_preset("tiny_v15"), pipe13.text, pipe13.sampler)
+    with pytest.raises(ValueError, match="caption_channels=32"):
+        from mindspeed_mm.osp.text import TextConditioner
+        from mindspeed_mm.osp.text.tiny import tiny_t5_encoder, tiny_tokenizer
+
+        VideoPipeline("v1.3", pipe13.transformer, pipe13.vae, TextConditioner(tiny_t5_encoder(16), tiny_tokenizer(8), 8),
+                      pipe13.sampler)

@@ -56,6 +56,41 @@ def register(subparsers) -> None:
     p.add_argument("--cp", type=int, default=1, help="context-parallel (Ulysses) degree (under torchrun)")
     p.set_defaults(func=run)
 
+    m = subparsers.add_parser("make-pipeline", help="assemble a pipeline folder from released checkpoints",
+                              description="Load the released parts in their published layouts, check that they fit "
+                                          "together, and write one pipeline folder for `osp sample --model`.")
+    m.add_argument("--version", choices=("v1.3", "v1.5"), required=True)
+    m.add_argument("--transformer", required=True,
+                   help="v1.3: diffusers transformer/ folder; v1.5: model_ema.pt, model_optim_rng.pt or Megatron folder")
+    m.add_argument("--transformer-config", help="v1.5: SparseUMMDiT kwargs (JSON file or preset; default osp15_suv_8b)")
+    m.add_argument("--vae", required=True, help="WF-VAE folder (config.json + checkpoint) or checkpoint file")
+    m.add_argument("--text-encoder", required=True, help="transformers folder: mT5-XXL (v1.3) / T5-v1.1-XL (v1.5)")
+    m.add_argument("--tokenizer", help="tokenizer folder (default: the text encoder folder)")
+    m.add_argument("--text-encoder-2", help="v1.5: CLIP-ViT-bigG-14 folder (CLIPTextModelWithProjection)")
+    m.add_argument("--tokenizer-2", help="v1.5: CLIP tokenizer folder (default: the CLIP folder)")
+    m.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype the weights are stored in")
+    m.add_argument("--output", required=True, help="pipeline folder to write")
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=run_make_pipeline)
+
+
+def run_make_pipeline(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipelines import assemble_pipeline
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise SystemExit(f"error: {args.output} exists; pass --overwrite or choose another --output")
+    try:
+        pipe = assemble_pipeline(args.version, args.transformer, args.vae, args.text_encoder, args.tokenizer,
+                                 args.text_encoder_2, args.tokenizer_2, args.transformer_config,
+                                 dtype=getattr(torch, DTYPES[args.dtype]))
+        folder = pipe.save_pretrained(args.output, overwrite=args.overwrite)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    print(f"wrote {folder} ({args.version}, {args.dtype}); sample with: osp sample --model {folder} --prompt ...")
+    return 0
+
 
 def read_prompts(args) -> List[str]:
     prompts = list(args.prompt)

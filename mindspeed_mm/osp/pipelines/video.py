@@ -50,6 +50,9 @@ class VideoPipeline:
                  template: Optional[PromptTemplate] = None):
         if version not in DEFAULTS:
             raise ValueError(f"unknown model version {version!r}; expected one of {sorted(DEFAULTS)}")
+        from .assemble import check_components
+
+        check_components(version, transformer, vae, text)
         self.version, self.transformer, self.vae, self.text, self.sampler = version, transformer, vae, text, sampler
         self.template = template if template is not None else TEMPLATES[version]
         self.defaults = DEFAULTS[version]
