@@ -32,12 +32,7 @@ def _torchrun(args, tmp_path):
     return proc
 
 
-SLOW = pytest.mark.skipif(os.environ.get("OSP_SLOW_TESTS") != "1",
-                          reason="a second 2-process launch costs ~50 s on 2 shared cores; set OSP_SLOW_TESTS=1")
-
-
-@pytest.mark.parametrize("preset,frames,flag", [("tiny-osp15-random", "9", "--tp"),
-                                                pytest.param("tiny-osp13-random", "9", "--cp", marks=SLOW)])
+@pytest.mark.parametrize("preset,frames,flag", [("tiny-osp15-random", "9", "--tp"), ("tiny-osp13-random", "9", "--cp")])
 def test_two_processes_match_one(tmp_path, preset, frames, flag):
     one, two = tmp_path / "one.mp4", tmp_path / "two.mp4"
     assert main(["sample", "--preset", preset, "--num-frames", frames, *ARGS, "--output", str(one)]) == 0
