@@ -1,6 +1,7 @@
 """`osp sample --tp 2` / `--cp 2` under torchrun (gloo, 2 CPU processes) equals the 1-process run."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,8 +46,20 @@ def test_two_processes_match_one(tmp_path, preset, frames, flag):
     assert two.exists() and two.with_suffix(".json").exists()
 
 
+def test_data_parallel_processes_share_the_prompts(tmp_path):
+    """2 processes without tp/cp: prompt i goes to rank i % 2; every video equals the 1-process one."""
+    prompts = ["--prompt", "a cat", "--prompt", "a dog", "--prompt", "a car"]
+    common = ["--preset", "tiny-osp15-random", "--num-frames", "9", *prompts, *ARGS[2:]]
+    assert main(["sample", *common, "--output", str(tmp_path / "one.mp4")]) == 0
+    _torchrun([*common, "--output", str(tmp_path / "two.mp4")], tmp_path)
+    for i in range(3):
+        a, b = _latents(tmp_path / f"one_{i:03d}.mp4"), _latents(tmp_path / f"two_{i:03d}.mp4")
+        assert float((a - b).abs().max()) <= 1e-5, i
+        assert json.loads((tmp_path / f"two_{i:03d}.json").read_text())["data_parallel"] == 2
+
+
 def test_parallel_flags_need_torchrun(tmp_path, monkeypatch):
-    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(SystemExit, match="torchrun"):
         main(["sample", "--preset", "tiny-osp15-random", "--tp", "2", "--prompt", "x", "--output",
               str(tmp_path / "x.mp4")])

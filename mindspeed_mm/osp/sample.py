@@ -52,7 +52,8 @@ def register(subparsers) -> None:
                    help="also write the final latents (before VAE decoding) to OUT.latents.safetensors")
     p.add_argument("--pad", action="store_true", help="generate at the next valid size and crop back")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun; processes beyond "
+                                                     "tp x cp sample different prompts)")
     p.add_argument("--cp", type=int, default=1, help="context-parallel (Ulysses) degree (under torchrun)")
     p.set_defaults(func=run)
 
@@ -211,15 +212,11 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be >= 1")
-    if args.tp > 1 or args.cp > 1:
-        from .pipelines.parallel_run import setup_parallel
-        rank0 = setup_parallel(args.tp, args.cp)
-    else:
-        rank0 = True
+    from .pipelines.parallel_run import parallelize_pipeline, setup_parallel
 
+    ranks = setup_parallel(args.tp, args.cp)
     pipe = build_pipeline(args)
-    if args.tp > 1 or args.cp > 1:
-        from .pipelines.parallel_run import parallelize_pipeline
+    if ranks.model_parallel:
         parallelize_pipeline(pipe)
     d = pipe.defaults
     frames_n, height, width = args.num_frames or d.num_frames, args.height or d.height, args.width or d.width
@@ -227,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         gen_size = pipe.geometry.resolve(frames_n, height, width, pad=args.pad)
     except ValueError as err:
         raise SystemExit(f"error: {err}")
-    if gen_size != (frames_n, height, width) and rank0:
+    if gen_size != (frames_n, height, width) and ranks.writer:
         print(f"note: generating {gen_size[0]}x{gen_size[1]}x{gen_size[2]} and cropping to "
               f"{frames_n}x{height}x{width} (--pad)", file=sys.stderr)
     images = parse_images(args.image, gen_size[1], gen_size[2]) if args.image else None
@@ -237,12 +234,14 @@ def run(args: argparse.Namespace) -> int:
     fps = args.fps or d.fps
     template = pipe.template if not args.no_template else None
 
-    for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start:start + args.batch_size]
-        seeds = [args.seed + start + i for i in range(len(batch))]
+    mine = [i for i in range(len(prompts)) if ranks.owns(i)]
+    for start in range(0, len(mine), args.batch_size):
+        indices = mine[start:start + args.batch_size]
+        batch = [prompts[i] for i in indices]
+        seeds = [args.seed + i for i in indices]
         negatives = [args.negative_prompt or ""] * len(batch)
-        bar = tqdm(total=steps, desc=f"videos {start + 1}-{start + len(batch)}/{len(prompts)}", unit="step",
-                   disable=not rank0)
+        bar = tqdm(total=steps, desc=f"videos {indices[0] + 1}-{indices[-1] + 1}/{len(prompts)}", unit="step",
+                   disable=not ranks.writer)
         began = time.time()
         try:
             latents = pipe(batch, negative_prompts=negatives, num_frames=frames_n, height=height, width=width,
@@ -253,13 +252,13 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: {err}")
         finally:
             bar.close()
-        if not rank0:
+        if not ranks.writer:
             continue
         videos = pipe.decode(latents)[:, :, :frames_n, :height, :width]
         seconds = time.time() - began
         used_pos, used_neg = (template.apply(batch, negatives) if template else (batch, negatives))
         for j, prompt in enumerate(batch):
-            path = paths[start + j]
+            path = paths[indices[j]]
             write_video(path, model_output_to_frames(videos[j]), fps, overwrite=args.overwrite)
             sidecar = {
                 "prompt": prompt, "prompt_used": used_pos[j],
@@ -270,7 +269,8 @@ def run(args: argparse.Namespace) -> int:
                 "model": args.model and str(Path(args.model).resolve()), "preset": args.preset,
                 "model_version": pipe.version, "sampler": _sampler_config(pipe.sampler),
                 "images": args.image, "template": not args.no_template, "batch_size": args.batch_size,
-                "tp": args.tp, "cp": args.cp, "offload": args.offload, "cfg_mode": args.cfg_mode, "vae_chunk": args.vae_chunk,
+                "tp": args.tp, "cp": args.cp, "data_parallel": ranks.data_parallel_size,
+                "offload": args.offload, "cfg_mode": args.cfg_mode, "vae_chunk": args.vae_chunk,
                 "refiner": args.refiner, "seconds_for_batch": round(seconds, 3),
                 "versions": {"mindspeed_mm.osp": __version__, "torch": torch.__version__},
                 "command": ["osp", "sample"] + sys.argv[2:] if sys.argv[1:2] == ["sample"] else None,

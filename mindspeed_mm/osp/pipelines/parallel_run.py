@@ -1,27 +1,59 @@
-"""Multi-process sampling under torchrun: the denoiser runs tensor / context parallel through
-`mindspeed_mm.osp.parallel`; every rank encodes the same prompts and draws the same seeded noise, rank 0 writes."""
+"""Multi-process sampling under torchrun.
+
+The world is split into data-parallel groups of tp x cp processes. Within a group the denoiser runs tensor /
+context parallel through `mindspeed_mm.osp.parallel` (every rank encodes the same prompts and draws the same seeded
+noise); the groups take turns over the prompt list (prompt i goes to group i mod dp); the first rank of each group
+decodes and writes its videos.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 
-def setup_parallel(tensor_parallel: int, context_parallel: int) -> bool:
-    """Start torch.distributed (from torchrun's environment) and megatron's groups; True on the writing rank."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise SystemExit(f"error: --tp {tensor_parallel} / --cp {context_parallel} need a multi-process launch, e.g. "
-                         f"torchrun --nproc_per_node {tensor_parallel * context_parallel} -m mindspeed_mm.osp.cli sample ...")
+@dataclass(frozen=True)
+class SampleRanks:
+    data_parallel_rank: int = 0
+    data_parallel_size: int = 1
+    writer: bool = True          # decodes and writes this group's videos
+    model_parallel: bool = False  # the denoiser is sharded (tp or cp > 1)
+
+    def owns(self, index: int) -> bool:
+        return index % self.data_parallel_size == self.data_parallel_rank
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup_parallel(tensor_parallel: int, context_parallel: int) -> SampleRanks:
+    """Start torch.distributed (from torchrun's environment) and, for tp/cp > 1, megatron's groups."""
+    model_parallel = tensor_parallel * context_parallel
+    if not launched_by_torchrun():
+        if model_parallel > 1:
+            raise SystemExit(f"error: --tp {tensor_parallel} / --cp {context_parallel} need a multi-process launch, "
+                             f"e.g. torchrun --nproc_per_node {model_parallel} -m mindspeed_mm.osp.cli sample ...")
+        return SampleRanks()
     import torch.distributed as dist
 
-    from .. import parallel, platform
+    from .. import platform
 
     if not dist.is_initialized():
         dist.init_process_group(platform.collective_backend())
-    world = dist.get_world_size()
-    if world != tensor_parallel * context_parallel:
-        raise SystemExit(f"error: {world} processes for --tp {tensor_parallel} x --cp {context_parallel}; "
-                         f"launch exactly {tensor_parallel * context_parallel} (data-parallel sampling is not supported)")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % model_parallel:
+        raise SystemExit(f"error: {world} processes cannot be split into groups of --tp {tensor_parallel} x "
+                         f"--cp {context_parallel} = {model_parallel}")
+    if model_parallel == 1:
+        return SampleRanks(rank, world, True, False)
+    from megatron.core import parallel_state
+
+    from .. import parallel
+
     parallel.initialize(tensor_parallel=tensor_parallel, context_parallel=context_parallel)
-    return dist.get_rank() == 0
+    writer = parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_context_parallel_rank() == 0
+    return SampleRanks(parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(),
+                       writer, True)
 
 
 def parallelize_pipeline(pipe) -> None:
