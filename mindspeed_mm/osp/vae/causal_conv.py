@@ -51,7 +51,18 @@ class CausalConv3d(nn.Module):
         self._pending = x[:, :, n_out * st:].clone()
         if n_out == 0:
             return self._empty_output(x)
-        return self.conv(x[:, :, : (n_out - 1) * st + kt])
+        return self._conv(x[:, :, : (n_out - 1) * st + kt])
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        # PyTorch's CPU heuristic sends conv3d inputs with small B*C*T*H (short chunks, narrow layers) to an
+        # im2col kernel that is several times slower and allocates a large column buffer; oneDNN is used
+        # directly for float32 CPU inference instead (same result up to float rounding).
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and torch.backends.mkldnn.is_available()):
+            c = self.conv
+            return torch.ops.aten.mkldnn_convolution(x.contiguous(), c.weight, c.bias, list(c.padding),
+                                                     list(c.stride), list(c.dilation), c.groups)
+        return self.conv(x)
 
 
 class FrameConv2d(nn.Conv2d):

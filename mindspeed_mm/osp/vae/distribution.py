@@ -7,10 +7,14 @@ import torch
 
 
 class DiagonalGaussian:
-    """`moments` = concat(mean, logvar) on the channel axis; logvar is clamped to [-30, 20]."""
+    """`moments` = concat(mean, logvar) on the channel axis; logvar is clamped to [-30, 20].
 
-    def __init__(self, moments: torch.Tensor):
+    `original_size` is the (T, H, W) of the encoded video before any padding (pass it to `decode(output_size=)`).
+    """
+
+    def __init__(self, moments: torch.Tensor, original_size: Optional[tuple[int, int, int]] = None):
         self.moments = moments
+        self.original_size = original_size
         self.mean, logvar = torch.chunk(moments, 2, dim=1)
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)

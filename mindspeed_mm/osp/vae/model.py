@@ -18,6 +18,7 @@ from mindspeed_mm.osp.vae.config import WFVAEConfig, load_preset
 from mindspeed_mm.osp.vae.decoder import Decoder
 from mindspeed_mm.osp.vae.distribution import DiagonalGaussian
 from mindspeed_mm.osp.vae.encoder import Encoder
+from mindspeed_mm.osp.vae.tiling import tiled_apply
 
 FORMAT_NAME = "mindspeed_mm.osp.wfvae"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -100,28 +101,48 @@ class WFVAE(nn.Module):
 
     # ---- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, chunk_frames: Optional[int] = None, pad: bool = False) -> DiagonalGaussian:
+    def encode(self, video: torch.Tensor, chunk_frames: Optional[int] = None, pad: bool = False,
+               tile_size: Optional[int] = None, tile_overlap: int = 64) -> DiagonalGaussian:
         """Posterior over latents. `chunk_frames`: video frames per chunk (any size >= 1; output is identical to
-        whole-clip encoding, memory is bounded by the chunk). `pad=True` pads invalid sizes (see `pad_video`)."""
+        whole-clip encoding, memory is bounded by the chunk). `pad=True` pads invalid sizes (see `pad_video`).
+        `tile_size`/`tile_overlap` (pixels, multiples of 8): optional spatial tiling (approximate, see docs)."""
         original = None
         if pad and video.dim() == 5:
             video, original = self.pad_video(video)
         self.check_video(video)
         video = video.to(self.dtype)
-        moments = self._stream(self.encoder, video, chunk_frames, decode=False)
-        posterior = DiagonalGaussian(moments)
-        posterior.original_size = original or tuple(video.shape[2:])
-        return posterior
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return self._stream(self.encoder, x, chunk_frames, decode=False)
+
+        if tile_size is None:
+            moments = run(video)
+        else:
+            self._check_tiling(tile_size, tile_overlap)
+            moments = tiled_apply(run, video, tile_size, tile_overlap, 1, SPATIAL_COMPRESSION)
+        return DiagonalGaussian(moments, original_size=original or tuple(video.shape[2:]))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk_frames: Optional[int] = None,
-               output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+               output_size: Optional[Sequence[int]] = None, tile_size: Optional[int] = None,
+               tile_overlap: int = 64) -> torch.Tensor:
         """Video (B, 3, 1 + R*(T'-1), 8H', 8W') in about [-1, 1]. `chunk_frames`: latent frames per chunk (any
-        size >= 1, identical output). `output_size=(T, H, W)` crops the result (undoes `pad=True`)."""
+        size >= 1, identical output). `output_size=(T, H, W)` crops the result (undoes `pad=True`).
+        `tile_size`/`tile_overlap` (output pixels, multiples of 8): optional spatial tiling (approximate)."""
         if latents.dim() != 5 or latents.shape[1] != self.latent_dim or latents.shape[2] == 0:
             raise ValueError(f"latents must be (B, {self.latent_dim}, T', H', W') with T' >= 1, "
                              f"got shape {tuple(latents.shape)}")
-        video = self._stream(self.decoder, latents.to(self.dtype), chunk_frames, decode=True)
+
+        def run(z: torch.Tensor) -> torch.Tensor:
+            return self._stream(self.decoder, z, chunk_frames, decode=True)
+
+        latents = latents.to(self.dtype)
+        if tile_size is None:
+            video = run(latents)
+        else:
+            self._check_tiling(tile_size, tile_overlap)
+            s = SPATIAL_COMPRESSION
+            video = tiled_apply(run, latents, tile_size // s, tile_overlap // s, s, 1)
         if output_size is not None:
             t, h, w = output_size
             video = video[:, :, :t, :h, :w]
@@ -136,8 +157,15 @@ class WFVAE(nn.Module):
         dec_chunk = None if chunk_frames is None else max(1, chunk_frames // self.temporal_compression)
         return self.decode(z, chunk_frames=dec_chunk, output_size=posterior.original_size)
 
+    @staticmethod
+    def _check_tiling(tile_size: int, tile_overlap: int) -> None:
+        s = SPATIAL_COMPRESSION
+        if tile_size <= 0 or tile_size % s or tile_overlap < 0 or tile_overlap % s or tile_overlap >= tile_size:
+            raise ValueError(f"tile_size and tile_overlap must be multiples of {s} with 0 <= tile_overlap < tile_size, "
+                             f"got {tile_size} and {tile_overlap}")
+
     def _stream(self, module: nn.Module, x: torch.Tensor, chunk: Optional[int], decode: bool) -> torch.Tensor:
-        if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"chunk_frames must be a positive integer or None, got {chunk!r}")
         total = x.shape[2]
         chunk = total if chunk is None else chunk
@@ -276,6 +304,7 @@ def _atomic_write(target: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
