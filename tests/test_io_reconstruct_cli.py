@@ -12,6 +12,7 @@ from mindspeed_mm.osp.data.synthetic import moving_pattern
 from mindspeed_mm.osp.vae import WFVAE
 from mindspeed_mm.osp.vae import cli as vae_cli
 
+pytest.importorskip("av", reason="writing mp4 needs PyAV (pip install av)")
 torch.set_num_threads(2)
 
 

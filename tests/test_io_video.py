@@ -10,6 +10,8 @@ from mindspeed_mm.osp.data import video_io
 from mindspeed_mm.osp.data.synthetic import moving_pattern
 from mindspeed_mm.osp.data.video_io import VideoReadError
 
+av = pytest.importorskip("av", reason="writing test clips needs PyAV (pip install av)")
+
 BACKENDS = video_io.available_backends()
 T, H, W, FPS = 13, 48, 64, 12.0
 
@@ -118,7 +120,7 @@ def test_write_refuses_overwrite_and_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
 
-@pytest.mark.skipif("mpeg4" not in __import__("av").codecs_available, reason="FFmpeg build without mpeg4 encoder")
+@pytest.mark.skipif("mpeg4" not in av.codecs_available, reason="FFmpeg build without mpeg4 encoder")
 def test_write_mpeg4_fallback(tmp_path):
     frames = moving_pattern(5, 32, 32)
     out = video_io.write_video(tmp_path / "m.mp4", frames, 10, codec="mpeg4")

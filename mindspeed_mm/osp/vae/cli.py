@@ -21,7 +21,11 @@ DEFAULT_FPS = 24.0
 def register(subparsers) -> None:
     vae = subparsers.add_parser("vae", help="WF-VAE tools (reconstruct a video)")
     sub = vae.add_subparsers(dest="vae_command", metavar="SUBCOMMAND")
-    vae.set_defaults(func=lambda args: (vae.print_help(), 2)[1])
+
+    def show_help(_args: argparse.Namespace) -> int:
+        vae.print_help()
+        return 2
+    vae.set_defaults(func=show_help)
 
     p = sub.add_parser(
         "reconstruct", help="encode + decode a video, print PSNR/SSIM, write the reconstruction",
@@ -137,11 +141,11 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
         inp, model_desc = saved_input, f"preset {preset} (random weights)"
         video, fps = video_io.load_video(inp, backend=args.backend)
     else:
-        vae = WFVAE.from_pretrained(args.model)
-        model_desc = str(args.model)
         video, fps = video_io.load_video(inp, num_frames=args.num_frames, start=args.start, stride=args.stride,
                                          resolution=args.resolution,
                                          crop=args.resolution if args.center_crop else None, backend=args.backend)
+        vae = WFVAE.from_pretrained(args.model)
+        model_desc = str(args.model)
     if not fps > 0:
         print(f"warning: {inp} reports no frame rate; writing at {DEFAULT_FPS:g} fps", file=sys.stderr)
         fps = DEFAULT_FPS
