@@ -8,7 +8,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List
+
+if TYPE_CHECKING:
+    import torch
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -122,7 +125,10 @@ def parse_images(specs: List[str], height: int, width: int) -> Dict[int, "torch.
 
     frames = {}
     for n, spec in enumerate(specs):
-        path, _, index = spec.rpartition("@") if "@" in spec and spec.rpartition("@")[2].lstrip("-").isdigit() else (spec, "", "")
+        path, index = spec, ""
+        head, sep, tail = spec.rpartition("@")
+        if sep and tail.lstrip("-").isdigit():  # IMG@INDEX (a file name may itself contain '@')
+            path, index = head, tail
         if index:
             i = int(index)
         elif len(specs) <= 2:

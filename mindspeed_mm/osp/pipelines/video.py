@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
 from ..diffusion import classifier_free_guidance
 from ..text import TEMPLATES, PromptTemplate, TextConditioner, TextEmbeddings
+from .assemble import check_components
 from .conditioning import compress_mask, masked_video_and_mask
 from .geometry import VideoGeometry
 from .offload import BlockOffload
@@ -43,15 +44,14 @@ class VideoPipeline:
     Components: `transformer` (OSP13DiT / SUVDiT), `vae` (WFVAE), `text` (TextConditioner), `sampler`
     (diffusers EulerAncestralDiscreteScheduler for v1.3, FlowMatchEulerSampler for v1.5).
     Memory options: `text_device` (where the text encoders run), `free_text_encoders` (drop them after the first
-    encoding), `sequential_cfg` (guidance passes one at a time), `enable_block_offload()` (denoiser blocks streamed from host memory), `vae_chunk_frames` (latent frames per VAE chunk).
+    encoding), `sequential_cfg` (guidance passes one at a time), `enable_block_offload()` (denoiser blocks
+    streamed from host memory), `vae_chunk_frames` (latent frames per VAE chunk).
     """
 
     def __init__(self, version: str, transformer, vae, text: Optional[TextConditioner], sampler,
                  template: Optional[PromptTemplate] = None):
         if version not in DEFAULTS:
             raise ValueError(f"unknown model version {version!r}; expected one of {sorted(DEFAULTS)}")
-        from .assemble import check_components
-
         check_components(version, transformer, vae, text)
         self.version, self.transformer, self.vae, self.text, self.sampler = version, transformer, vae, text, sampler
         self.template = template if template is not None else TEMPLATES[version]
