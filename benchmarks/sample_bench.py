@@ -46,7 +46,7 @@ class AttentionTimer:
             h.remove()
 
 
-def full_v15_pipeline():
+def full_v15_pipeline(device, dtype):
     """Released v1.5 denoiser and WF-VAE-M sizes with random weights; tiny text encoders with the released widths
     of their outputs (T5 2048, CLIP 1280) so the denoiser sees the real shapes."""
     from mindspeed_mm.osp.diffusion import FlowMatchEulerSampler
@@ -56,7 +56,12 @@ def full_v15_pipeline():
     from mindspeed_mm.osp.text.tiny import tiny_clip_text_encoder, tiny_t5_encoder, tiny_tokenizer
     from mindspeed_mm.osp.vae import WFVAE
 
-    dit = SUVDiT.from_preset("osp15_suv_8b", device="cpu")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build the 8.5B weights directly in the target dtype and on the device
+    try:
+        dit = SUVDiT.from_preset("osp15_suv_8b", device=device)
+    finally:
+        torch.set_default_dtype(previous)
     text = TextConditioner(tiny_t5_encoder(2048), tiny_tokenizer(512), 512,
                            tiny_clip_text_encoder(1280), tiny_tokenizer(77, bos=True), 77)
     return VideoPipeline("v1.5", dit, WFVAE.from_preset("v15"), text, FlowMatchEulerSampler(7.0))
@@ -117,7 +122,7 @@ def main():
     print(f"device {device}, dtype {args.dtype}, {args.frames}x{args.height}x{args.width}, {args.steps} steps, "
           f"threads {torch.get_num_threads()}")
     if args.full_v15:
-        bench(full_v15_pipeline(), args, "v1.5 8.5B (random)", device, dtype)
+        bench(full_v15_pipeline(device, dtype), args, "v1.5 8.5B (random)", device, dtype)
         return
     from mindspeed_mm.osp.pipelines import build_preset
 
