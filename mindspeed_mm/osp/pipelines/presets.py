@@ -20,7 +20,7 @@ TINY_SUV = dict(num_layers=[1, 1, 1], sparse_n=[1, 2, 1], double_ff=True, sparse
                 norm_elementwise_affine=True, norm_eps=1e-6)
 
 PRESETS = ("tiny-osp13-random", "tiny-osp13-i2v-random", "tiny-osp15-random")
-TINY_TEXT_LENGTH = 32  # the released models use 512 T5/mT5 tokens; short here to keep the presets fast
+TINY_TEXT_LENGTH = 64  # the released models use 512 T5/mT5 tokens; short here to keep the presets fast
 
 
 def _tiny_osp13(inpaint: bool):

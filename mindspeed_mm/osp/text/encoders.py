@@ -78,7 +78,7 @@ class TextConditioner:
         self.pooled_encoder, self.pooled_tokenizer, self.pooled_max_length = pooled_encoder, pooled_tokenizer, pooled_max_length
 
     def _tokens(self, tokenizer, prompts: List[str], max_length: int, device):
-        for prompt, ids in zip(prompts, tokenizer(prompts).input_ids):
+        for prompt, ids in zip(prompts, tokenizer(prompts, verbose=False).input_ids):
             if len(ids) > max_length:
                 logger.warning("prompt truncated to %d of its %d tokens: %r", max_length, len(ids), prompt[:80] + "...")
         batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
