@@ -42,6 +42,8 @@ def test_bad_sizes_name_the_nearest_valid_values_and_pad_works(tmp_path):
     with pytest.raises(SystemExit, match=r"num_frames 8 .*nearest: 5 or 9.*--pad"):
         main(["sample", "--preset", "tiny-osp13-random", "--prompt", "a cat", "--num-frames", "8", *TINY,
               "--output", str(out)])
+    with pytest.raises(SystemExit, match="--steps must be >= 1"):
+        main(["sample", "--preset", "tiny-osp13-random", "--prompt", "a cat", "--steps", "0", "--output", str(out)])
     assert main(["sample", "--preset", "tiny-osp13-random", "--prompt", "a cat", "--num-frames", "8", "--steps", "1",
                  "--height", "30", "--width", "40", "--guidance", "1", "--pad", "--output", str(out)]) == 0
     assert _read_back(out).shape == (8, 30, 40, 3)

@@ -216,8 +216,12 @@ def run(args: argparse.Namespace) -> int:
                 if q.exists() and (q.suffix != ".safetensors" or args.save_latents)]
     if existing and not args.overwrite:
         raise SystemExit(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
-    if args.batch_size < 1:
-        raise SystemExit("error: --batch-size must be >= 1")
+    for name in ("batch_size", "steps", "vae_chunk"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.fps is not None and args.fps <= 0:
+        raise SystemExit(f"error: --fps must be positive, got {args.fps}")
     from .pipelines.parallel_run import parallelize_pipeline, setup_parallel
 
     ranks = setup_parallel(args.tp, args.cp)
