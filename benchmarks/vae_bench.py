@@ -114,14 +114,16 @@ def main() -> int:
                           f"{res['peak_bytes'] / 2**20:9.1f}", flush=True)
             for mode in ("whole", "chunked"):
                 if f"encode_{mode}" in row and f"decode_{mode}" in row:
-                    row[f"videos_per_s_{mode}"] = 1 / (row[f"encode_{mode}"]["seconds"] + row[f"decode_{mode}"]["seconds"])
+                    seconds = row[f"encode_{mode}"]["seconds"] + row[f"decode_{mode}"]["seconds"]
+                    row[f"videos_per_s_{mode}"] = 1 / seconds
             summary = []
             for op in args.modes:
                 whole, chunked = row[f"{op}_whole"], row[f"{op}_chunked"]
                 summary.append(f"{op}: time chunked/whole {chunked['seconds'] / whole['seconds']:.2f}, peak memory "
                                f"chunked/whole {chunked['peak_bytes'] / max(whole['peak_bytes'], 1):.2f}")
             if "videos_per_s_whole" in row:
-                summary.append(f"videos/s whole {row['videos_per_s_whole']:.3f}, chunked {row['videos_per_s_chunked']:.3f}")
+                summary.append(f"videos/s whole {row['videos_per_s_whole']:.3f}, "
+                               f"chunked {row['videos_per_s_chunked']:.3f}")
             print(f"  -> {model} {size}: " + "; ".join(summary), flush=True)
             results.append(row)
     if args.json:

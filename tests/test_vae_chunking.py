@@ -31,7 +31,7 @@ def _max_diff(a, b):
 def test_encode_chunk_grid(vae):
     r = vae.temporal_compression
     gen = torch.Generator().manual_seed(1)
-    for n in range(0, 4):
+    for n in range(0, 4 if r == 4 else 3):  # up to 13 / 17 frames
         t = 1 + r * n
         video = torch.rand(1, 3, t, 8, 16, generator=gen) * 2 - 1
         whole = vae.encode(video).moments
@@ -70,10 +70,10 @@ def test_stream_state_is_bounded(vae):
 
     handle = vae.decoder.register_forward_hook(record)
     try:
-        vae.decode(torch.randn(1, vae.latent_dim, 7, 1, 1), chunk_frames=1)
+        vae.decode(torch.randn(1, vae.latent_dim, 5, 1, 1), chunk_frames=1)
     finally:
         handle.remove()
-    assert len(held) == 7 and max(held) <= 4
+    assert len(held) == 5 and max(held) <= 4
     # state is cleared after the call
     assert all(getattr(m, "_pending", None) is None for m in vae.modules() if hasattr(m, "_pending")
                and not isinstance(m._pending, list))

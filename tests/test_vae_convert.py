@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -60,5 +61,15 @@ def test_bad_source_is_reported(tmp_path, capsys):
     src = tmp_path / "broken"
     src.mkdir()
     torch.save({"state_dict": {"encoder.down1.0.weight": torch.zeros(16, 24, 3, 3)}}, src / "x.ckpt")
-    assert main(["convert", "wfvae", "--to", "osp", str(src), str(tmp_path / "o")]) == 2
+    with pytest.warns(UserWarning, match="no latent scale/shift"):
+        assert main(["convert", "wfvae", "--to", "osp", str(src), str(tmp_path / "o")]) == 2
     assert "missing keys" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_tools_wrapper_runs(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "tools" / "convert_wfvae.py"), "--help"], capture_output=True,
+                         text=True, cwd=tmp_path, check=False)
+    assert out.returncode == 0 and "--to {osp,official}" in out.stdout

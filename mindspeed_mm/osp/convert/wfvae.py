@@ -28,9 +28,8 @@ def _check_target(dst: Path, overwrite: bool) -> None:
 
 def read_official(src: str | os.PathLike, config: Optional[dict] = None, weights_only: bool = True):
     """(WFVAEConfig, state dict with official names, Haar filters dropped, dtypes untouched)."""
-    from mindspeed_mm.osp.vae.checkpoint import (find_checkpoint_in_dir, infer_config, load_checkpoint_file,
-                                                 normalize_official_keys, unwrap_state_dict)
-    from mindspeed_mm.osp.vae.config import WFVAEConfig
+    from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir, load_checkpoint_file
+    from mindspeed_mm.osp.vae.model import parse_official
     src = Path(src)
     if src.is_dir():
         if config is None and (src / "config.json").is_file():
@@ -41,11 +40,7 @@ def read_official(src: str | os.PathLike, config: Optional[dict] = None, weights
         src = ckpt
     elif config is None and (src.parent / "config.json").is_file():
         config = json.loads((src.parent / "config.json").read_text())
-    weights, extras = normalize_official_keys(unwrap_state_dict(load_checkpoint_file(src, weights_only)))
-    config = dict(config or {})
-    for name, buf in extras.items():
-        config.setdefault(name, buf.flatten().tolist())
-    cfg = WFVAEConfig.from_official(config, inferred=infer_config(weights))
+    cfg, weights = parse_official(config, load_checkpoint_file(src, weights_only))
     _check_keys(cfg, weights)
     return cfg, weights
 
@@ -60,7 +55,8 @@ def _check_keys(cfg, weights) -> None:
     model.load_weights({k: v.to("meta") for k, v in weights.items()})
 
 
-def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = None, weights_only: bool = True) -> Path:
+def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = None,
+                    weights_only: bool = True) -> Path:
     """Official checkpoint -> our directory (config.json + model.safetensors)."""
     from safetensors.torch import save_file
 

@@ -10,7 +10,8 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESET_PREFIX = "wfvae_"
 
 # Official constructor keys that do not change the network (runtime options of other code bases).
-IGNORED_OFFICIAL_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "use_tiling", "t_chunk_enc", "t_chunk_dec",
+IGNORED_OFFICIAL_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "use_tiling", "t_chunk_enc",
+                         "t_chunk_dec",
                          "vae_scale_factor", "use_quant_layer", "from_pretrained", "model_id", "dtype",
                          "temporal_size", "dropout"}
 NORM_ALIASES = {"layernorm": "layernorm", "aelayernorm": "layernorm"}

@@ -1,9 +1,11 @@
 """WF-VAE model: validated encode/decode, exact chunked (streaming) inference, official and own checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -223,15 +225,12 @@ class WFVAE(nn.Module):
         return cls(load_preset(name))
 
     @classmethod
-    def from_official(cls, config: Optional[Mapping], state_dict: Mapping, dtype: torch.dtype = torch.float32) -> "WFVAE":
+    def from_official(cls, config: Optional[Mapping], state_dict: Mapping,
+                      dtype: torch.dtype = torch.float32) -> "WFVAE":
         """Model from an official constructor dict (released config.json; may be None) and an official checkpoint
         in any released form (training dict with `ema_state_dict`/`state_dict`/`gen_model`, `module.` prefixes,
         MindSpeed-MM names, any float dtype). Keys are checked strictly."""
-        weights, extras = normalize_official_keys(unwrap_state_dict(state_dict))
-        config = dict(config or {})
-        for name, buf in extras.items():
-            config.setdefault(name, buf.flatten().tolist())
-        cfg = WFVAEConfig.from_official(config, inferred=infer_config(weights))
+        cfg, weights = parse_official(config, state_dict)
         model = cls(cfg)
         model.load_weights(weights)
         return model.to(dtype)
@@ -242,10 +241,13 @@ class WFVAE(nn.Module):
         missing = sorted(set(own) - set(weights))
         unexpected = sorted(set(weights) - set(own))
         problems = []
+
+        def listing(keys: list) -> str:
+            return f"({len(keys)}): {keys[:8]}{' ...' if len(keys) > 8 else ''}"
         if missing:
-            problems.append(f"missing keys ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+            problems.append(f"missing keys {listing(missing)}")
         if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+            problems.append(f"unexpected keys {listing(unexpected)}")
         bad = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
                for k in sorted(set(own) & set(weights)) if weights[k].shape != own[k].shape]
         if bad:
@@ -280,7 +282,8 @@ class WFVAE(nn.Module):
             if config and config.get("format") == FORMAT_NAME:
                 config = config["config"]
                 model = cls(WFVAEConfig.from_dict(config))
-                model.load_weights(normalize_official_keys(unwrap_state_dict(load_checkpoint_file(path, weights_only)))[0])
+                weights = unwrap_state_dict(load_checkpoint_file(path, weights_only))
+                model.load_weights(normalize_official_keys(weights)[0])
                 return model.to(dtype)
             return cls.from_official(config, load_checkpoint_file(path, weights_only), dtype)
         raise FileNotFoundError(f"no WF-VAE checkpoint at {path}")
@@ -297,6 +300,30 @@ class WFVAE(nn.Module):
         meta = {"format": FORMAT_NAME, "config": self.config.to_dict(), "official_config": self.config.to_official()}
         _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))
         return directory
+
+
+def parse_official(config: Optional[Mapping], state_dict: Mapping) -> tuple[WFVAEConfig, dict[str, torch.Tensor]]:
+    """(config, weights with official names and dtypes, Haar filters dropped) from an official config dict (or
+    None) and a checkpoint in any released form. Keys are not checked here (`WFVAE.load_weights` does)."""
+    weights, extras = normalize_official_keys(unwrap_state_dict(state_dict))
+    config = dict(config or {})
+    for name, buf in extras.items():
+        config.setdefault(name, buf.flatten().tolist())
+    cfg = WFVAEConfig.from_official(config, inferred=infer_config(weights))
+    if "scale" not in config and "shift" not in config:
+        cfg = _released_scale_shift(cfg)
+    return cfg, weights
+
+
+def _released_scale_shift(cfg: WFVAEConfig) -> WFVAEConfig:
+    """Latent scale/shift of the released model with this architecture, when the checkpoint comes without them."""
+    for name in ("v13", "v15", "l16"):
+        preset = load_preset(name)
+        if dataclasses.replace(preset, scale=cfg.scale, shift=cfg.shift) == cfg:
+            return preset
+    warnings.warn("WF-VAE config has no latent scale/shift and the architecture matches no released model: using "
+                  "scale 0.18215, shift 0 (pass the official config.json for the right values)", stacklevel=4)
+    return cfg
 
 
 def _atomic_write(target: Path, write) -> None:

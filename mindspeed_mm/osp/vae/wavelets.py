@@ -1,7 +1,8 @@
 """Haar wavelet transforms as space-to-depth plus a fixed sign matrix (no convolutions).
 
 Channel order is band-major (`out_channel = band * C_in + c`), as in the official WF-VAE:
-- 3-D bands `b = 4*bt + 2*bh + bw` (LLL, W, H, HW, T, TW, TH, THW), filter value `0.3536 * (-1)^(bt*dt + bh*dh + bw*dw)`;
+- 3-D bands `b = 4*bt + 2*bh + bw` (LLL, W, H, HW, T, TW, TH, THW), filter value
+  `0.3536 * (-1)^(bt*dt + bh*dh + bw*dw)`;
   the literal 0.3536 (not 1/(2*sqrt 2)) keeps bit compatibility with the released checkpoints.
 - 2-D bands `b = bh + 2*bw` (LL, H, W, HH), filter value `0.5 * (-1)^(bh*dh + bw*dw)`.
 
