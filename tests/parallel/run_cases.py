@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import faulthandler
 import json
 import os
 import re
@@ -107,6 +108,9 @@ def train_case(layout: str, build, inputs, steps: int = 3, lr=1e-3, wd=0.1, eps=
         ref_opt.zero_grad()
         ref_loss = _loss(reference(**inputs), inputs)
         ref_loss.backward()
+        for p in reference.parameters():  # megatron steps every parameter (weight decay on unused ones too)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         ref_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
         ref_opt.step()
         loss, norm = parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)
@@ -124,24 +128,28 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--hang-timeout", type=float, default=600)
     args = ap.parse_args()
+    faulthandler.dump_traceback_later(args.hang_timeout, exit=True)  # a hang becomes a traceback
     torch.distributed.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
     for case in args.cases:
         model, _, layout = case.rpartition("/")
+        if model in ("", "toy"):
+            from toy import ToyDiT, toy_inputs
+            build, inputs, expected = ToyDiT, toy_inputs(), None
+        else:
+            build, inputs, expected = fixture_model(model)
         try:
-            if model in ("", "toy"):
-                from toy import ToyDiT, toy_inputs
-                build, inputs, expected = ToyDiT, toy_inputs(), None
-            else:
-                build, inputs, expected = fixture_model(model)
             if layout.startswith("train_"):
                 results[case] = train_case(layout[len("train_"):], build, inputs)
             else:
                 results[case] = forward_case(layout, build, inputs, num_microbatches=2, expected=expected)
-        except Exception as exc:  # report, keep going: one launch covers many cases
-            results[case] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+        except Exception:  # the other ranks would wait in a collective: end the whole launch
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
     if torch.distributed.get_rank() == 0:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:

@@ -167,6 +167,7 @@ def toy_plan(model: ToyDiT) -> ParallelPlan:
         pre=("patch_embed", "caption_projection", "time_embed"),
         post=("norm_out", "proj_out"),
         attached={"skip_linear": 3},
+        head_local=(blk + "attn1.core",),
     )
 
 

@@ -8,6 +8,8 @@ literals. This module redirects exactly those calls to the CPU, and nothing else
   whose `torch.cuda` answers `current_device()` with "cpu", makes `synchronize`/`empty_cache` no-ops and keeps
   RNG state in the CPU generator, whose factory functions map `device="cuda"` to the CPU, and whose
   `autocast("cuda")` becomes CPU autocast;
+* `Tensor.type()` called with no argument *from a megatron-core module* reports CPU tensors under their CUDA
+  names ("torch.cuda.FloatTensor"), which the optimizers check for; callers elsewhere see the usual answer;
 * megatron's CUDA RNG state helpers (`_get_cuda_rng_state`/`_set_cuda_rng_state`, whose names and signatures
   changed between 0.12 and 0.16) get CPU versions.
 
@@ -195,7 +197,23 @@ def apply() -> list[str]:
             module.torch = proxy
             _APPLIED.append(name)
     _patch_rng_helpers()
+    _patch_tensor_type()
     return list(_APPLIED)
+
+
+def _patch_tensor_type() -> None:
+    original = torch.Tensor.type
+
+    def type_(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None and not kwargs:
+            name = original(self)
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("megatron.core") and name.startswith("torch.") and not name.startswith("torch.cuda"):
+                return "torch.cuda." + name[len("torch."):]
+            return name
+        return original(self, dtype, non_blocking, **kwargs)
+
+    torch.Tensor.type = type_
 
 
 def _patch_rng_helpers() -> None:

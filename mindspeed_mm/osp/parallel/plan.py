@@ -43,6 +43,9 @@ class ParallelPlan:
     # Under SP: modules (pattern -> number of leading S-B-H arguments) whose inputs are gathered once on entry,
     # for models that need the whole sequence length inside (e.g. attention reading n = x.shape[0]).
     gather_inputs: Dict[str, int] = field(default_factory=dict)
+    # Modules with replicated parameters applied to this rank's heads only (qk-norm weights shared by all
+    # heads): their gradients are summed over TP.
+    head_local: Tuple[str, ...] = ()
 
     def kind_of(self, name: str):
         for kind, patterns in (("column", self.column), ("row", self.row), ("conditioning", self.conditioning)):

@@ -95,7 +95,7 @@ def osp13_plan(model) -> ParallelPlan:
         sequence_keys=lambda k: k in ("x", "text"),
         embed=_osp13_embed, run_block=_osp13_block, head=_osp13_head, finish=_finish,
         pre=pre, post=("norm_out", "proj_out", "scale_shift_table"),
-        gather_inputs={_BLK + "attn1": 1, _BLK + "attn2": 2},  # attention reads n = x.shape[0]
+        gather_inputs={_BLK + "attn1": 1, _BLK + "attn2": 2},  # one sequence gather for q, k and v
     )
 
 
@@ -163,7 +163,8 @@ def suv_plan(model) -> ParallelPlan:
         pre=("patch_embed", "time_text_embed", "caption_projection"),
         post=("norm_final", "norm_out", "proj_out"),
         attached=attached,
-        gather_inputs={_BLK + "attn1": 2},  # attention reads n = x.shape[0]
+        gather_inputs={_BLK + "attn1": 2},  # one sequence gather for q, k, v and the text q, k, v
+        head_local=(_BLK + "attn1.norm_*",),
     )
 
 

@@ -112,6 +112,7 @@ def parallelize(model: torch.nn.Module) -> ParallelModel:
     if layout.sequence_parallel:
         _gather_module_inputs(model, plan)
         _mark_sequence_parallel(model, plan, names)
+    _mark_head_local(model, plan)
 
     dtype = next(model.parameters()).dtype
     config = model_parallel_config(layout, dtype, sequence_parallel=layout.sequence_parallel)
@@ -162,10 +163,18 @@ def _gather_module_inputs(model, plan) -> None:
                 sub.input_gathered = True
 
 
+def _mark_head_local(model, plan) -> None:
+    from fnmatch import fnmatchcase
+    for name, module in model.named_modules():
+        if any(fnmatchcase(name, p) for p in plan.head_local) and not isinstance(module, Dropped):
+            for p in module.parameters():
+                p.grad_sum_over_tp = True
+
+
 def _mark_sequence_parallel(model, plan, block_names) -> None:
-    """Replicated parameters that see only this rank's tokens: megatron sums their grads over TP."""
+    """Replicated parameters that see only this rank's tokens: their grads are summed over TP."""
     for name in list(block_names) + list(plan.post) + list(plan.attached):
         obj = _get(model, name)
         for p in ([obj] if isinstance(obj, torch.nn.Parameter) else obj.parameters()):
             if not getattr(p, "tensor_model_parallel", False):
-                p.sequence_parallel = True
+                p.sequence_parallel = p.grad_sum_over_tp = True

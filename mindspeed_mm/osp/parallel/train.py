@@ -35,28 +35,38 @@ def make_optimizer(pmodel, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 
                                 hidden_size=heads, num_attention_heads=heads,
                                 tensor_model_parallel_size=layout.tensor_parallel,
                                 pipeline_model_parallel_size=layout.pipeline_parallel,
+                                virtual_pipeline_model_parallel_size=layout.virtual_pipeline,
                                 context_parallel_size=layout.context_parallel,
                                 sequence_parallel=layout.sequence_parallel, params_dtype=dtype,
                                 pipeline_dtype=dtype)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=distributed)
     chunks = [DistributedDataParallel(tconfig, ddp_config, chunk) for chunk in pmodel.chunks]
+    # The schedules read the DDP wrapper's config from now on: the same p2p shape / settings as the chunks'.
+    tconfig.hidden_size = 1
+    tconfig.batch_p2p_comm = pmodel.chunks[0].config.batch_p2p_comm
     for chunk in chunks:
         chunk.broadcast_params()
     pmodel.chunks = torch.nn.ModuleList(chunks)
     config = OptimizerConfig(optimizer="adam", lr=lr, weight_decay=weight_decay, adam_beta1=betas[0],
                              adam_beta2=betas[1], adam_eps=eps, clip_grad=clip_grad,
                              use_distributed_optimizer=distributed, params_dtype=dtype)
-    return get_megatron_optimizer(config, chunks)
+    optimizer = get_megatron_optimizer(config, chunks)
+    # megatron's LR scheduler turns the groups' multipliers into values; without it, do that once here
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
+    return optimizer
 
 
 def _finalize_grads(chunks, layout) -> None:
-    """Sum SP-replicated parameters' grads over TP, then reduce grads over DP x CP (megatron's order)."""
-    if layout.sequence_parallel:
+    """Sum the grads of replicated parameters that saw only this rank's tokens (SP) or heads (qk-norms) over
+    TP, then reduce grads over DP x CP (megatron's order)."""
+    if layout.tensor_parallel > 1:
         group = parallel_state.get_tensor_model_parallel_group()
         for chunk in chunks:
             for p in chunk.parameters():
-                if getattr(p, "sequence_parallel", False) and p.requires_grad:
+                if getattr(p, "grad_sum_over_tp", False) and p.requires_grad:
                     torch.distributed.all_reduce(p.main_grad, group=group)
     for chunk in chunks:
         chunk.finish_grad_sync()
@@ -65,14 +75,15 @@ def _finalize_grads(chunks, layout) -> None:
 def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
     """One optimizer step over `num_microbatches` micro-batches; returns (mean loss, grad norm) on every rank."""
     chunks = list(pmodel.chunks)
+    finalize = lambda *args, **kwargs: _finalize_grads(chunks, pmodel.layout)  # noqa: E731
     for chunk in chunks:
         chunk.zero_grad_buffer()
-        _unwrap(chunk).config.finalize_model_grads_func = lambda *a, **k: _finalize_grads(chunks, pmodel.layout)
+        chunk.config.finalize_model_grads_func = finalize  # the schedule reads the DDP wrapper's config
     optimizer.zero_grad()
 
     def megatron_loss(output, inputs):
         loss = loss_fn(output, inputs)
-        return loss, {"loss": loss.detach()}
+        return loss, {"loss": loss.detach().clone()}  # megatron scales `loss` in place afterwards
 
     losses, _ = schedule(pmodel, split_microbatches(inputs, num_microbatches), forward_only=False,
                          loss_fn=megatron_loss)
