@@ -212,10 +212,6 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)
     paths = output_paths(args.output, len(prompts))
-    existing = [str(q) for p in paths for q in (p, p.with_suffix(".json"), p.with_suffix(".latents.safetensors"))
-                if q.exists() and (q.suffix != ".safetensors" or args.save_latents)]
-    if existing and not args.overwrite:
-        raise SystemExit(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
     for name in ("batch_size", "steps", "vae_chunk"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -225,6 +221,14 @@ def run(args: argparse.Namespace) -> int:
     from .pipelines.parallel_run import parallelize_pipeline, setup_parallel
 
     ranks = setup_parallel(args.tp, args.cp)
+    mine = [i for i in range(len(prompts)) if ranks.owns(i)]
+    # every rank checks the files of its own data-parallel group (all ranks of a group stop together; another
+    # group may already be writing its files)
+    existing = [str(q) for i in mine for q in (paths[i], paths[i].with_suffix(".json"),
+                                              paths[i].with_suffix(".latents.safetensors"))
+                if q.exists() and (q.suffix != ".safetensors" or args.save_latents)]
+    if existing and not args.overwrite:
+        raise SystemExit(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
     pipe = build_pipeline(args)
     if ranks.model_parallel:
         parallelize_pipeline(pipe)
@@ -244,7 +248,6 @@ def run(args: argparse.Namespace) -> int:
     fps = args.fps or d.fps
     template = pipe.template if not args.no_template else None
 
-    mine = [i for i in range(len(prompts)) if ranks.owns(i)]
     for start in range(0, len(mine), args.batch_size):
         indices = mine[start:start + args.batch_size]
         batch = [prompts[i] for i in indices]
