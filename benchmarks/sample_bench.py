@@ -1,0 +1,143 @@
+"""Sampling speed: seconds per denoising step, end-to-end seconds per video, and the attention share of the
+denoiser time (CoreAttention forward hooks).
+
+CPU, tiny random presets (default):
+    python benchmarks/sample_bench.py
+Released v1.5 size on a GPU with random weights (needs ~40 GB in bf16 with batched guidance):
+    python benchmarks/sample_bench.py --full-v15 --device cuda --dtype bf16 --frames 121 --height 576 --width 1024 --steps 3
+Reference in the same run: block offload and sequential guidance are timed against the default mode.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class AttentionTimer:
+    """Wall time spent inside the denoiser's attention cores."""
+
+    def __init__(self, model, device):
+        from mindspeed_mm.osp.dit.layers import CoreAttention
+
+        self.device, self.seconds, self._start = device, 0.0, 0.0
+        self.handles = []
+        for m in model.modules():
+            if isinstance(m, CoreAttention):
+                self.handles.append(m.register_forward_pre_hook(self._pre))
+                self.handles.append(m.register_forward_hook(self._post))
+
+    def _pre(self, *_):
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def _post(self, *_):
+        _sync(self.device)
+        self.seconds += time.perf_counter() - self._start
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def full_v15_pipeline(device, dtype):
+    """Released v1.5 denoiser and WF-VAE-M sizes with random weights; tiny text encoders with the released widths
+    of their outputs (T5 2048, CLIP 1280) so the denoiser sees the real shapes."""
+    from mindspeed_mm.osp.diffusion import FlowMatchEulerSampler
+    from mindspeed_mm.osp.dit import SUVDiT
+    from mindspeed_mm.osp.pipelines import VideoPipeline
+    from mindspeed_mm.osp.text import TextConditioner
+    from mindspeed_mm.osp.text.tiny import tiny_clip_text_encoder, tiny_t5_encoder, tiny_tokenizer
+    from mindspeed_mm.osp.vae import WFVAE
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build the 8.5B weights directly in the target dtype and on the device
+    try:
+        dit = SUVDiT.from_preset("osp15_suv_8b", device=device)
+    finally:
+        torch.set_default_dtype(previous)
+    text = TextConditioner(tiny_t5_encoder(2048), tiny_tokenizer(512), 512,
+                           tiny_clip_text_encoder(1280), tiny_tokenizer(77, bos=True), 77)
+    return VideoPipeline("v1.5", dit, WFVAE.from_preset("v15"), text, FlowMatchEulerSampler(7.0))
+
+
+def bench(pipe, args, label, device, dtype):
+    pipe.device, pipe.dtype = device, dtype
+    if args.mode == "offload" or label.endswith("offload"):
+        pipe.enable_block_offload()
+    pipe.to(device, dtype)
+    pipe.vae_chunk_frames = args.vae_chunk
+    size = dict(num_frames=args.frames, height=args.height, width=args.width)
+    pipe(["warm up"], steps=1, seeds=[0], output_latents=True, **size)   # first-call allocations, lazy inits
+    step_times = []
+    last = [time.perf_counter()]
+
+    def progress(i, n):
+        _sync(device)
+        now = time.perf_counter()
+        step_times.append(now - last[0])
+        last[0] = now
+
+    timer = AttentionTimer(pipe.transformer, device)
+    _sync(device)
+    start = time.perf_counter()
+    last[0] = start
+    latents = pipe(["a red car driving through a rainy city at night"], steps=args.steps, seeds=[1],
+                   output_latents=True, progress=progress, **size)
+    _sync(device)
+    denoise = time.perf_counter() - start
+    timer.remove()
+    t0 = time.perf_counter()
+    pipe.decode(latents)
+    _sync(device)
+    decode = time.perf_counter() - t0
+    per_step = sum(step_times[1:]) / max(1, len(step_times) - 1) if len(step_times) > 1 else step_times[0]
+    print(f"{label:28s} s/step {per_step:8.4f}   denoise {denoise:8.3f} s   decode {decode:7.3f} s   "
+          f"end-to-end {denoise + decode:8.3f} s/video   attention share {timer.seconds / denoise:5.1%}")
+    return per_step
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", action="append", help="tiny preset(s); default tiny-osp13-random and tiny-osp15-random")
+    ap.add_argument("--full-v15", action="store_true", help="released v1.5 sizes, random weights (GPU)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--height", type=int, default=64)
+    ap.add_argument("--width", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--vae-chunk", type=int, default=None)
+    ap.add_argument("--mode", choices=("default", "offload"), default="default")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    torch.manual_seed(0)
+    print(f"device {device}, dtype {args.dtype}, {args.frames}x{args.height}x{args.width}, {args.steps} steps, "
+          f"threads {torch.get_num_threads()}")
+    if args.full_v15:
+        bench(full_v15_pipeline(device, dtype), args, "v1.5 8.5B (random)", device, dtype)
+        return
+    from mindspeed_mm.osp.pipelines import build_preset
+
+    for name in args.preset or ["tiny-osp13-random", "tiny-osp15-random"]:
+        frames = args.frames
+        tf = 4 if "osp13" in name else 8
+        args.frames = (frames - 1) // tf * tf + 1
+        ref = bench(build_preset(name), args, name, device, dtype)
+        seq = build_preset(name)
+        seq.sequential_cfg = True
+        s = bench(seq, args, name + " seq-cfg", device, dtype)
+        o = bench(build_preset(name), args, name + " offload", device, dtype)
+        print(f"{'':28s} ratio vs default: sequential guidance {s / ref:.2f}x, block offload {o / ref:.2f}x")
+        args.frames = frames
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Megatron-core tensor, sequence, pipeline and Ulysses context parallelism for the OSP denoisers.
+
+    torch.distributed.init_process_group(platform.collective_backend())
+    parallel.initialize(tensor_parallel=2, pipeline_parallel=2, sequence_parallel=True)
+    pmodel = parallel.parallelize(SUVDiT.from_official(config, state_dict))
+    out = parallel.forward(pmodel, **inputs)      # whole output on every rank
+    sd = parallel.full_state_dict(pmodel)         # official layout
+
+The models stay plain modules; per-class plans (plans.py) say which linears are split and how to run them
+piecewise. See docs/parallel.md.
+"""
+from __future__ import annotations
+
+from mindspeed_mm.osp.parallel.layout import Layout, current as current_layout, initialize
+from mindspeed_mm.osp.parallel.plan import ParallelPlan, register_plan
+
+
+def parallelize(model):
+    from mindspeed_mm.osp.parallel.shard import parallelize as _parallelize
+    return _parallelize(model)
+
+
+def forward(pmodel, num_microbatches: int = 1, **inputs):
+    from mindspeed_mm.osp.parallel.pipeline import forward as _forward
+    return _forward(pmodel, num_microbatches, **inputs)
+
+
+def full_state_dict(pmodel):
+    from mindspeed_mm.osp.parallel.state_dict import full_state_dict as _full_state_dict
+    return _full_state_dict(pmodel)
+
+
+def make_optimizer(pmodel, **kwargs):
+    from mindspeed_mm.osp.parallel.train import make_optimizer as _make_optimizer
+    return _make_optimizer(pmodel, **kwargs)
+
+
+def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
+    from mindspeed_mm.osp.parallel.train import train_step as _train_step
+    return _train_step(pmodel, optimizer, loss_fn, num_microbatches, **inputs)
+
+
+__all__ = ["Layout", "ParallelPlan", "current_layout", "forward", "full_state_dict", "initialize",
+           "make_optimizer", "parallelize", "register_plan", "train_step"]

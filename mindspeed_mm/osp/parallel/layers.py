@@ -1,0 +1,123 @@
+"""megatron-core linears that stand in for a model's plain `nn.Linear` (same call, same output tensor).
+
+Gradient convention inside the parallel region (the blocks and the token-wise head): a replicated activation's
+gradient on one rank is that rank's contribution (from its own tokens); the region's entry and exit turn these
+back into whole gradients (see `regions.py`). Replicated parameters in the region are marked
+`sequence_parallel` under SP so that megatron's `finalize_model_grads` sums them over the TP group.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import ModelParallelConfig, parallel_state
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel.mappings import (
+    copy_to_tensor_model_parallel_region,
+    gather_from_tensor_model_parallel_region,
+)
+
+
+def model_parallel_config(layout, dtype: torch.dtype, *, sequence_parallel: bool) -> ModelParallelConfig:
+    return ModelParallelConfig(
+        tensor_model_parallel_size=layout.tensor_parallel,
+        pipeline_model_parallel_size=layout.pipeline_parallel,
+        virtual_pipeline_model_parallel_size=layout.virtual_pipeline,
+        context_parallel_size=layout.context_parallel,
+        sequence_parallel=sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        perform_initialization=False,
+        use_cpu_initialization=True,
+    )
+
+
+def _copy_shard(param: torch.nn.Parameter, full: torch.Tensor, dim: int) -> None:
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    if full.shape[dim] % tp:
+        raise ValueError(f"dimension {dim} of size {full.shape[dim]} cannot be split over tensor_parallel {tp}")
+    with torch.no_grad():
+        param.copy_(full.chunk(tp, dim=dim)[rank])
+    # megatron sets these only when it initialises the weights itself
+    param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, dim, 1
+
+
+class ColumnLinear(ColumnParallelLinear):
+    """Output features split over TP (heads / FFN neurons); under SP it first gathers the sequence.
+
+    `input_gathered`: the enclosing module already gathered the sequence (one gather for q, k and v; its
+    backward reduce-scatter sums the input gradient), so this is a plain local matmul.
+    """
+
+    input_gathered = False
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, layout) -> "ColumnLinear":
+        config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=layout.sequence_parallel)
+        layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
+                    bias=linear.bias is not None, gather_output=False)
+        layer.to(linear.weight.device)
+        _copy_shard(layer.weight, linear.weight, 0)
+        if linear.bias is not None:
+            _copy_shard(layer.bias, linear.bias, 0)
+        return layer
+
+    def forward(self, x):
+        if self.input_gathered:
+            return F.linear(x, self.weight, self.bias)
+        return super().forward(x)[0]
+
+
+class RowLinear(RowParallelLinear):
+    """Input features split over TP; all-reduce (reduce-scatter over the sequence under SP) of the output."""
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, layout) -> "RowLinear":
+        config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=layout.sequence_parallel)
+        layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
+                    bias=linear.bias is not None, input_is_parallel=True, skip_bias_add=False)
+        layer.to(linear.weight.device)
+        _copy_shard(layer.weight, linear.weight, 1)
+        if linear.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(linear.bias)
+            if layout.sequence_parallel:
+                layer.bias.sequence_parallel = True  # megatron marks it too; its grad is per-token-shard
+        return layer
+
+    def forward(self, x):
+        return super().forward(x)[0]
+
+
+class ConditioningLinear(ColumnParallelLinear):
+    """A column-parallel linear on a per-sample conditioning vector (AdaLN modulation), output gathered.
+
+    Without SP it is megatron's ColumnParallelLinear(gather_output=True). Under SP its output is broadcast over
+    sequence shards, so the output gradient is summed over TP first and the input gradient is left as this
+    rank's share (the region entry sums it).
+    """
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, layout) -> "ConditioningLinear":
+        config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=False)
+        layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
+                    bias=linear.bias is not None, gather_output=False)
+        layer.to(linear.weight.device)
+        layer.split_sequence = layout.sequence_parallel
+        _copy_shard(layer.weight, linear.weight, 0)
+        if linear.bias is not None:
+            _copy_shard(layer.bias, linear.bias, 0)
+        return layer
+
+    def forward(self, x):
+        if self.split_sequence:
+            y = F.linear(x, self.weight, self.bias)
+            return copy_to_tensor_model_parallel_region(gather_from_tensor_model_parallel_region(y))
+        return gather_from_tensor_model_parallel_region(super().forward(x)[0])
+
+
+KINDS = {"column": ColumnLinear, "row": RowLinear, "conditioning": ConditioningLinear}
+
+# Which dimension of the official weight/bias each kind splits (None: replicated). Used by converters and
+# the full-state-dict gather.
+SPLIT_DIMS = {"column": (0, 0), "conditioning": (0, 0), "row": (1, None)}

@@ -1,0 +1,83 @@
+"""What the parallel engine needs to know about a model class, kept outside the model code.
+
+A plan names (fnmatch patterns over `model.named_modules()` names) the linears to make column-, row- or
+conditioning-parallel, the attention projections to hook for Ulysses, which modules run before the blocks (first
+pipeline stage) and in the token-wise head (last stage), and how to run the model piecewise:
+
+    state  = plan.embed(model, inputs)        # dict of tensors, sequence tensors in S-B-H layout
+    state  = plan.run_block(model, i, state)  # block i (flat index over all blocks)
+    tokens = plan.head(model, state)          # (S, B, C) token-wise output head
+    out    = plan.finish(model, tokens, inputs)  # whole-sequence work (unpatchify)
+
+`sequence_keys(key)` says which state entries are cut along the sequence (residual streams, long-skip stacks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Callable, Dict, Sequence, Tuple
+
+import torch
+
+
+@dataclass
+class ParallelPlan:
+    column: Tuple[str, ...]
+    row: Tuple[str, ...]
+    conditioning: Tuple[str, ...]
+    # Ulysses CP: linears whose output is all-to-all'ed sequence -> heads (q/k/v projections), and linears
+    # whose input goes back heads -> sequence (output projections). Between them the model must take the
+    # sequence length from the projected tensors (RoPE, Skiparse and masks then see whole sequences).
+    ulysses_in: Tuple[str, ...]
+    ulysses_out: Tuple[str, ...]
+    blocks: Callable[[torch.nn.Module], Sequence[str]]   # module names of the blocks, in execution order
+    heads: Callable[[torch.nn.Module], int]
+    sequence_keys: Callable[[str], bool]
+    embed: Callable
+    run_block: Callable
+    head: Callable
+    finish: Callable
+    pre: Tuple[str, ...] = ()                # module names used only by `embed`
+    post: Tuple[str, ...] = ()               # module names used only by `head`
+    attached: Dict[str, int] = field(default_factory=dict)  # other module name -> block index using it
+    # Under SP: modules (pattern -> number of leading S-B-H arguments) whose inputs are gathered once on entry,
+    # for models that need the whole sequence length inside (e.g. attention reading n = x.shape[0]).
+    gather_inputs: Dict[str, int] = field(default_factory=dict)
+    # Modules with replicated parameters applied to this rank's heads only (qk-norm weights shared by all
+    # heads): their gradients are summed over TP.
+    head_local: Tuple[str, ...] = ()
+
+    def kind_of(self, name: str):
+        for kind, patterns in (("column", self.column), ("row", self.row), ("conditioning", self.conditioning)):
+            if any(fnmatchcase(name, p) for p in patterns):
+                return kind
+        return None
+
+    def gathered_args(self, name: str):
+        for pattern, n in self.gather_inputs.items():
+            if fnmatchcase(name, pattern):
+                return n
+        return None
+
+    def ulysses_role(self, name: str):
+        if any(fnmatchcase(name, p) for p in self.ulysses_in):
+            return "in"
+        if any(fnmatchcase(name, p) for p in self.ulysses_out):
+            return "out"
+        return None
+
+
+_PLANS: Dict[str, Callable[[torch.nn.Module], ParallelPlan]] = {}
+
+
+def register_plan(class_name: str, make_plan: Callable[[torch.nn.Module], ParallelPlan]) -> None:
+    _PLANS[class_name] = make_plan
+
+
+def plan_for(model: torch.nn.Module) -> ParallelPlan:
+    import mindspeed_mm.osp.parallel.plans  # noqa: F401  (registers the OSP denoisers' plans)
+    for cls in type(model).__mro__:
+        if cls.__name__ in _PLANS:
+            return _PLANS[cls.__name__](model)
+    raise TypeError(f"no parallel plan for {type(model).__name__}; known: {sorted(_PLANS)} "
+                    "(register one with mindspeed_mm.osp.parallel.register_plan)")

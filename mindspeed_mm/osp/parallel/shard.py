@@ -1,0 +1,180 @@
+"""Turn a plain model (full weights on every rank) into this rank's part: TP/SP linears, Ulysses cores, stages."""
+from __future__ import annotations
+
+import copy
+from typing import List
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.enums import ModelType
+
+from mindspeed_mm.osp.parallel import layout as _layout
+from mindspeed_mm.osp.parallel.layers import KINDS, model_parallel_config
+from mindspeed_mm.osp.parallel.plan import ParallelPlan, plan_for
+from mindspeed_mm.osp.parallel.ulysses import heads_to_sequence, sequence_to_heads
+
+
+class Dropped(torch.nn.Module):
+    """Placeholder for a module that lives on another pipeline stage."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("this module lives on another pipeline stage")
+
+
+class Chunk(torch.nn.Module):
+    """One pipeline (virtual) stage: blocks[start:end], plus the embeddings / head when first / last."""
+
+    def __init__(self, model, plan: ParallelPlan, start: int, end: int, first: bool, last: bool, config):
+        super().__init__()
+        names = plan.blocks(model)
+        self.blocks = torch.nn.ModuleList(model.get_submodule(n) for n in names[start:end])
+        owned = [n for n, i in plan.attached.items() if start <= i < end]
+        owned += list(plan.pre) if first else []
+        owned += list(plan.post) if last else []
+        self.extra = torch.nn.ModuleList(m for m in map(lambda n: _get(model, n), owned)
+                                         if isinstance(m, torch.nn.Module))
+        self.extra_params = torch.nn.ParameterList(p for p in map(lambda n: _get(model, n), owned)
+                                                   if isinstance(p, torch.nn.Parameter))
+        self.start, self.end, self.first, self.last = start, end, first, last
+        self.config = config
+        self.model_type = ModelType.encoder_or_decoder
+        self.input_tensor = None
+        object.__setattr__(self, "model", model)  # not a submodule: the chunk owns only its own parameters
+
+    def set_input_tensor(self, tensor):
+        self.input_tensor = tensor[0] if isinstance(tensor, (list, tuple)) else tensor
+
+
+class ParallelModel(torch.nn.Module):
+    """This rank's chunks of a model; run it with `parallel.forward` / train it with `parallel.train_step`."""
+
+    def __init__(self, model, plan, chunks: List[Chunk], meta_model, layout):
+        super().__init__()
+        self.chunks = torch.nn.ModuleList(chunks)
+        self.plan, self.layout = plan, layout
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "meta_model", meta_model)
+        self._schemas = {}
+
+
+def _meta_clone(model: torch.nn.Module) -> torch.nn.Module:
+    memo = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(
+            t, torch.nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _get(model, name):
+    """A submodule or a parameter by dotted name."""
+    parent, _, child = name.rpartition(".")
+    return getattr(model.get_submodule(parent) if parent else model, child)
+
+
+def _set(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def chunk_ranges(num_blocks: int, layout) -> List[tuple]:
+    """(global chunk index, start, end) for this rank's virtual stages, megatron's interleaved order."""
+    pp, vpp = layout.pipeline_parallel, layout.chunks_per_stage
+    per = num_blocks // (pp * vpp)
+    rank = parallel_state.get_pipeline_model_parallel_rank()
+    return [(v * pp + rank, (v * pp + rank) * per, (v * pp + rank + 1) * per) for v in range(vpp)]
+
+
+def parallelize(model: torch.nn.Module) -> ParallelModel:
+    layout = _layout.current()
+    plan = plan_for(model)
+    names = list(plan.blocks(model))
+    layout.check_model(heads=plan.heads(model), layers=len(names))  # before any allocation
+    meta_model = _meta_clone(model)
+
+    ranges = chunk_ranges(len(names), layout)
+    total = layout.pipeline_parallel * layout.chunks_per_stage
+    owned = {i for _, s, e in ranges for i in range(s, e)}
+    first = any(c == 0 for c, _, _ in ranges)
+    last = any(c == total - 1 for c, _, _ in ranges)
+    for i, name in enumerate(names):
+        if i not in owned:
+            _set(model, name, Dropped())
+    for name, i in plan.attached.items():
+        if i not in owned:
+            _set(model, name, Dropped())
+    for name in (plan.pre if not first else ()) + (plan.post if not last else ()):
+        _set(model, name, Dropped())
+
+    _shard_linears(model, plan, layout)
+    if layout.context_parallel > 1:
+        _hook_ulysses(model, plan)
+    if layout.sequence_parallel:
+        _gather_module_inputs(model, plan)
+        _mark_sequence_parallel(model, plan, names)
+    _mark_head_local(model, plan)
+
+    dtype = next(model.parameters()).dtype
+    config = model_parallel_config(layout, dtype, sequence_parallel=layout.sequence_parallel)
+    config.hidden_size = 1  # the pipeline carries a flat (packed) state: see pipeline.py
+    config.batch_p2p_comm = layout.virtual_pipeline is None  # PP=2 interleaved + batched p2p is wrong (trap)
+    chunks = [Chunk(model, plan, s, e, c == 0, c == total - 1, config) for c, s, e in ranges]
+    return ParallelModel(model, plan, chunks, meta_model, layout)
+
+
+def _shard_linears(model, plan, layout) -> None:
+    for name, module in list(model.named_modules()):
+        kind = plan.kind_of(name)
+        if kind is None:
+            continue
+        if not isinstance(module, torch.nn.Linear):
+            raise TypeError(f"{name} is planned as a {kind}-parallel linear but is a {type(module).__name__}")
+        _set(model, name, KINDS[kind].from_linear(module, layout))
+
+
+def _hook_ulysses(model, plan) -> None:
+    """All-to-all over CP after the q/k/v projections and before the output projections."""
+    group = parallel_state.get_context_parallel_group()
+    for name, module in model.named_modules():
+        role = plan.ulysses_role(name)
+        if role is None or isinstance(module, Dropped):
+            continue
+        if role == "in":
+            module.register_forward_hook(lambda mod, args, out: sequence_to_heads(out, group))
+        else:
+            module.register_forward_pre_hook(lambda mod, args: (heads_to_sequence(args[0], group),) + args[1:])
+
+
+def _gather_module_inputs(model, plan) -> None:
+    from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+    from mindspeed_mm.osp.parallel.layers import ColumnLinear
+    for name, module in model.named_modules():
+        n = plan.gathered_args(name)
+        if n is None or isinstance(module, Dropped):
+            continue
+
+        def before(mod, args, kwargs, n=n):
+            gathered = tuple(gather_from_sequence_parallel_region(a) for a in args[:n])
+            return gathered + tuple(args[n:]), kwargs
+
+        module.register_forward_pre_hook(before, with_kwargs=True)
+        for sub in module.modules():
+            if isinstance(sub, ColumnLinear):
+                sub.input_gathered = True
+
+
+def _mark_head_local(model, plan) -> None:
+    from fnmatch import fnmatchcase
+    for name, module in model.named_modules():
+        if any(fnmatchcase(name, p) for p in plan.head_local) and not isinstance(module, Dropped):
+            for p in module.parameters():
+                p.grad_sum_over_tp = True
+
+
+def _mark_sequence_parallel(model, plan, block_names) -> None:
+    """Replicated parameters that see only this rank's tokens: their grads are summed over TP."""
+    for name in list(block_names) + list(plan.post) + list(plan.attached):
+        obj = _get(model, name)
+        for p in ([obj] if isinstance(obj, torch.nn.Parameter) else obj.parameters()):
+            if not getattr(p, "tensor_model_parallel", False):
+                p.sequence_parallel = p.grad_sum_over_tp = True

@@ -1,0 +1,100 @@
+"""Training a ParallelModel: megatron DDP (ZeRO-1 distributed optimizer) + megatron's optimizer, one step.
+
+    optimizer = parallel.make_optimizer(pmodel, lr=1e-4, weight_decay=1e-4, eps=1e-15, clip_grad=1.0)
+    loss, grad_norm = parallel.train_step(pmodel, optimizer, loss_fn, num_microbatches=2, **inputs)
+
+`loss_fn(output, inputs)` gets the whole model output of one micro-batch (on every TP/CP rank of the last
+stage) and returns a scalar. Each data-parallel rank passes its own samples. Weight decay skips biases and 1-D
+parameters (megatron's default grouping); the optimizer is torch AdamW when neither apex nor Transformer
+Engine is installed.
+"""
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+
+from mindspeed_mm.osp.parallel.pipeline import schedule, split_microbatches
+
+
+def _unwrap(chunk):
+    return getattr(chunk, "module", chunk)
+
+
+def make_optimizer(pmodel, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
+                   clip_grad: float = 0.0, distributed: bool = True):
+    """Wrap the chunks in megatron DDP (fp32 grad buffers) and build megatron's (distributed) Adam(W)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.transformer import TransformerConfig
+
+    layout = pmodel.layout
+    dtype = pmodel.chunks[0].config.params_dtype
+    # DDP only reads the parallel sizes and dtypes from this config; the shape fields are required placeholders.
+    heads = layout.tensor_parallel * layout.context_parallel
+    tconfig = TransformerConfig(num_layers=layout.pipeline_parallel * layout.chunks_per_stage,
+                                hidden_size=heads, num_attention_heads=heads,
+                                tensor_model_parallel_size=layout.tensor_parallel,
+                                pipeline_model_parallel_size=layout.pipeline_parallel,
+                                virtual_pipeline_model_parallel_size=layout.virtual_pipeline,
+                                context_parallel_size=layout.context_parallel,
+                                sequence_parallel=layout.sequence_parallel, params_dtype=dtype,
+                                pipeline_dtype=dtype)
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=distributed)
+    chunks = [DistributedDataParallel(tconfig, ddp_config, chunk) for chunk in pmodel.chunks]
+    # The schedules read the DDP wrapper's config from now on: the same p2p shape / settings as the chunks'.
+    tconfig.hidden_size = 1
+    tconfig.batch_p2p_comm = pmodel.chunks[0].config.batch_p2p_comm
+    for chunk in chunks:
+        chunk.broadcast_params()
+    pmodel.chunks = torch.nn.ModuleList(chunks)
+    config = OptimizerConfig(optimizer="adam", lr=lr, weight_decay=weight_decay, adam_beta1=betas[0],
+                             adam_beta2=betas[1], adam_eps=eps, clip_grad=clip_grad,
+                             use_distributed_optimizer=distributed, params_dtype=dtype)
+    optimizer = get_megatron_optimizer(config, chunks)
+    # megatron's LR scheduler turns the groups' multipliers into values; without it, do that once here
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
+    return optimizer
+
+
+def _finalize_grads(chunks, layout) -> None:
+    """Sum the grads of replicated parameters that saw only this rank's tokens (SP) or heads (qk-norms) over
+    TP, then reduce grads over DP x CP (megatron's order)."""
+    if layout.tensor_parallel > 1:
+        group = parallel_state.get_tensor_model_parallel_group()
+        for chunk in chunks:
+            for p in chunk.parameters():
+                if getattr(p, "grad_sum_over_tp", False) and p.requires_grad:
+                    torch.distributed.all_reduce(p.main_grad, group=group)
+    for chunk in chunks:
+        chunk.finish_grad_sync()
+
+
+def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
+    """One optimizer step over `num_microbatches` micro-batches; returns (mean loss, grad norm) on every rank."""
+    chunks = list(pmodel.chunks)
+    finalize = lambda *args, **kwargs: _finalize_grads(chunks, pmodel.layout)  # noqa: E731
+    for chunk in chunks:
+        chunk.zero_grad_buffer()
+        chunk.config.finalize_model_grads_func = finalize  # the schedule reads the DDP wrapper's config
+    optimizer.zero_grad()
+
+    def megatron_loss(output, inputs):
+        loss = loss_fn(output, inputs)
+        return loss, {"loss": loss.detach().clone()}  # megatron scales `loss` in place afterwards
+
+    losses, _ = schedule(pmodel, split_microbatches(inputs, num_microbatches), forward_only=False,
+                         loss_fn=megatron_loss)
+    _, grad_norm, _ = optimizer.step()
+    loss = torch.zeros(1)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        loss[0] = torch.stack([d["loss"] for d in losses]).mean()
+    if pmodel.layout.pipeline_parallel > 1:
+        torch.distributed.broadcast(loss, parallel_state.get_pipeline_model_parallel_last_rank(),
+                                    group=parallel_state.get_pipeline_model_parallel_group())
+    # the mean over data-parallel ranks (each saw its own samples)
+    torch.distributed.all_reduce(loss, group=parallel_state.get_data_parallel_group())
+    loss /= parallel_state.get_data_parallel_world_size()
+    return float(loss), float(grad_norm) if grad_norm is not None else None

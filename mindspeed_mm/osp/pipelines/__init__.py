@@ -1,0 +1,12 @@
+"""Text-to-video / image-to-video pipelines, pipeline folders, memory modes and tiny random presets."""
+from __future__ import annotations
+
+from .assemble import assemble_pipeline
+from .folder import load_pipeline, save_pipeline
+from .geometry import VideoGeometry
+from .offload import BlockOffload
+from .presets import PRESETS, build_preset
+from .video import DEFAULTS, VideoPipeline
+
+__all__ = ["BlockOffload", "assemble_pipeline", "DEFAULTS", "PRESETS", "VideoGeometry", "VideoPipeline", "build_preset", "load_pipeline",
+           "save_pipeline"]

@@ -1,0 +1,65 @@
+"""Build a pipeline from released parts as they are downloaded: the denoiser (v1.3 diffusers `transformer/` folder,
+v1.5 MindSpeed-MM `model_ema.pt` / Megatron checkpoint), the WF-VAE (official config.json + checkpoint), and
+transformers text-encoder / tokenizer folders (google/mt5-xxl; google/t5-v1_1-xl + CLIP-ViT-bigG-14)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+def assemble_pipeline(version: str, transformer, vae, text_encoder, tokenizer=None, text_encoder_2=None,
+                      tokenizer_2=None, transformer_config=None, dtype: torch.dtype = torch.float32):
+    from ..diffusion import FlowMatchEulerSampler, v13_sampler
+    from ..dit import from_pretrained as dit_from_pretrained
+    from ..text import TextConditioner, load_text_encoder, load_tokenizer
+    from ..vae import WFVAE
+    from .video import VideoPipeline
+
+    if version not in ("v1.3", "v1.5"):
+        raise ValueError(f"version must be v1.3 or v1.5, got {version!r}")
+    if version == "v1.5" and (text_encoder_2 is None):
+        raise ValueError("v1.5 needs the CLIP text encoder too (text_encoder_2: a CLIPTextModelWithProjection folder)")
+    for name, path in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder),
+                       ("text_encoder_2", text_encoder_2)):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{name}: {path} does not exist")
+    dit = dit_from_pretrained(transformer, transformer_config, dtype=dtype).eval().requires_grad_(False)
+    want = "OSP13DiT" if version == "v1.3" else "SUVDiT"
+    if type(dit).__name__ != want:
+        raise ValueError(f"{transformer} holds a {type(dit).__name__}, not the {version} denoiser ({want})")
+    text = TextConditioner(load_text_encoder(text_encoder, dtype), load_tokenizer(tokenizer or text_encoder), 512,
+                           None if text_encoder_2 is None else load_text_encoder(text_encoder_2, dtype),
+                           None if text_encoder_2 is None else load_tokenizer(tokenizer_2 or text_encoder_2), 77)
+    sampler = v13_sampler() if version == "v1.3" else FlowMatchEulerSampler(shift=7.0)
+    vae_model = WFVAE.from_pretrained(vae, dtype=dtype).eval().requires_grad_(False)
+    pipe = VideoPipeline(version, dit, vae_model, text, sampler)
+    pipe.dtype = dtype
+    return pipe
+
+
+def check_components(version: str, transformer, vae, text) -> None:
+    """Raise naming the mismatch when the parts cannot work together (channels, compression, text widths)."""
+    cfg = transformer.config
+    tf = {"v1.3": 4, "v1.5": 8}[version]
+    if int(vae.config.temporal_compression) != tf:
+        raise ValueError(f"{version} needs a WF-VAE with temporal compression {tf}, this one has "
+                         f"{vae.config.temporal_compression}")
+    if int(vae.config.latent_dim) != int(cfg.in_channels):
+        raise ValueError(f"the VAE has {vae.config.latent_dim} latent channels but the denoiser takes "
+                         f"in_channels={cfg.in_channels}")
+    if text is None:
+        return
+    width = getattr(text.encoder.config, "d_model", None) or getattr(text.encoder.config, "hidden_size", None)
+    if width != int(cfg.caption_channels):
+        raise ValueError(f"the text encoder outputs {width} channels but the denoiser expects "
+                         f"caption_channels={cfg.caption_channels}")
+    pooled_dim: Optional[int] = getattr(cfg, "pooled_projection_dim", None)
+    if pooled_dim is not None:
+        if text.pooled_encoder is None:
+            raise ValueError("the v1.5 denoiser needs a pooled (CLIP) text encoder")
+        got = int(text.pooled_encoder.config.projection_dim)
+        if got != int(pooled_dim):
+            raise ValueError(f"the CLIP text encoder projects to {got} but the denoiser expects "
+                             f"pooled_projection_dim={pooled_dim}")

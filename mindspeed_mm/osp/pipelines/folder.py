@@ -1,0 +1,157 @@
+"""Pipeline folders in the diffusers layout: model_index.json + transformer/ vae/ text_encoder/ tokenizer/
+(+ text_encoder_2/ tokenizer_2/ for v1.5) scheduler/.
+
+transformer/: config.json (official constructor kwargs + `_class_name`) and diffusion_pytorch_model.safetensors
+under the official parameter names; vae/: WFVAE.save_pretrained; text encoders/tokenizers: transformers folders;
+scheduler/: scheduler_config.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+
+from ..diffusion import load_sampler
+from ..text import TEMPLATES, TextConditioner, load_text_encoder, load_tokenizer
+
+INDEX_FILE = "model_index.json"
+TRANSFORMER_CONFIG = "config.json"
+TRANSFORMER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+PIPELINE_CLASS = "OSPVideoPipeline"
+
+
+def _dit_loaders() -> Dict[str, Callable]:
+    """Official `_class_name` -> (config, state_dict, dtype) -> model."""
+    from .. import dit
+
+    loaders = {}
+    for name in ("OpenSoraT2V_v1_3", "OpenSoraInpaint_v1_3", "OSP13DiT"):
+        loaders[name] = lambda c, sd, dtype: dit.OSP13DiT.from_official(c, sd, dtype=dtype)
+    for name in ("SparseUMMDiT", "SUVDiT"):
+        loaders[name] = lambda c, sd, dtype: dit.SUVDiT.from_official(c, sd, dtype=dtype)
+    return loaders
+
+
+def transformer_class_name(model) -> str:
+    official = model.config.to_official()
+    return official.get("_class_name") or ("SparseUMMDiT" if type(model).__name__ == "SUVDiT" else type(model).__name__)
+
+
+def save_transformer(model, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(model.config.to_official())
+    config.setdefault("_class_name", transformer_class_name(model))
+    state = model.official_state_dict() if hasattr(model, "official_state_dict") else model.state_dict()
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / TRANSFORMER_WEIGHTS))
+    (folder / TRANSFORMER_CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+
+
+def load_transformer(folder: Path, dtype: torch.dtype = torch.float32):
+    from safetensors.torch import load_file
+
+    config_file, weights_file = folder / TRANSFORMER_CONFIG, folder / TRANSFORMER_WEIGHTS
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing: the pipeline's transformer/ folder needs {TRANSFORMER_CONFIG} "
+                                    f"and {TRANSFORMER_WEIGHTS}")
+    config = json.loads(config_file.read_text())
+    loaders = _dit_loaders()
+    name = config.get("_class_name")
+    if name not in loaders:
+        raise ValueError(f"{config_file}: unknown or unavailable denoiser class {name!r}; known: {sorted(loaders)}")
+    return loaders[name](config, load_file(str(weights_file)), dtype).eval().requires_grad_(False)
+
+
+def _require(folder: Path, name: str) -> Path:
+    path = folder / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"pipeline folder {folder} has no {name}/ component folder "
+                                f"(expected the diffusers layout written by `save_pretrained`)")
+    return path
+
+
+def save_pipeline(pipe, folder, overwrite: bool = False) -> Path:
+    """Write all components to a temporary folder next to `folder`, then move it into place."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} already exists; pass overwrite=True (CLI: --overwrite) or choose another folder")
+    if pipe.text is None:
+        raise RuntimeError("cannot save a pipeline whose text encoders were freed")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_transformer(pipe.transformer, tmp / "transformer")
+        pipe.vae.save_pretrained(tmp / "vae")
+        pipe.text.encoder.save_pretrained(tmp / "text_encoder")
+        pipe.text.tokenizer.save_pretrained(tmp / "tokenizer")
+        index = {
+            "_class_name": PIPELINE_CLASS,
+            "version": pipe.version,
+            "template": pipe.template.__dict__ if pipe.template is not TEMPLATES[pipe.version] else pipe.version,
+            "max_length": pipe.text.max_length,
+            "transformer": ["mindspeed_mm.osp.dit", type(pipe.transformer).__name__],
+            "vae": ["mindspeed_mm.osp.vae", type(pipe.vae).__name__],
+            "text_encoder": ["transformers", type(pipe.text.encoder).__name__],
+            "tokenizer": ["transformers", type(pipe.text.tokenizer).__name__],
+            "scheduler": [type(pipe.sampler).__module__.rsplit(".", 1)[0], type(pipe.sampler).__name__],
+        }
+        if pipe.text.pooled_encoder is not None:
+            pipe.text.pooled_encoder.save_pretrained(tmp / "text_encoder_2")
+            pipe.text.pooled_tokenizer.save_pretrained(tmp / "tokenizer_2")
+            index["text_encoder_2"] = ["transformers", type(pipe.text.pooled_encoder).__name__]
+            index["tokenizer_2"] = ["transformers", type(pipe.text.pooled_tokenizer).__name__]
+            index["max_length_2"] = pipe.text.pooled_max_length
+        pipe.sampler.save_pretrained(tmp / "scheduler")
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            os.replace(folder, old / folder.name)
+            os.replace(tmp, folder)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_pipeline(folder, dtype: torch.dtype = torch.float32, text_dtype: Optional[torch.dtype] = None):
+    """Read a pipeline folder; every component is loaded on the CPU (move it with `.to`)."""
+    from ..text.templates import PromptTemplate
+    from ..vae import WFVAE
+    from .video import VideoPipeline
+
+    folder = Path(folder)
+    index_file = folder / INDEX_FILE
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{index_file} is missing: --model must be a pipeline folder written by "
+                                "`save_pretrained` (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    index = json.loads(index_file.read_text())
+    if index.get("_class_name") != PIPELINE_CLASS:
+        raise ValueError(f"{index_file}: _class_name {index.get('_class_name')!r} is not {PIPELINE_CLASS!r}")
+    version = index["version"]
+    text_dtype = text_dtype or dtype
+    components = ["transformer", "vae", "text_encoder", "tokenizer", "scheduler"]
+    if "text_encoder_2" in index:
+        components += ["text_encoder_2", "tokenizer_2"]
+    paths = {name: _require(folder, name) for name in components}
+    transformer = load_transformer(paths["transformer"], dtype)
+    vae = WFVAE.from_pretrained(paths["vae"], dtype=dtype).eval().requires_grad_(False)
+    pooled = pooled_tok = None
+    if "text_encoder_2" in paths:
+        pooled, pooled_tok = load_text_encoder(paths["text_encoder_2"], text_dtype), load_tokenizer(paths["tokenizer_2"])
+    text = TextConditioner(load_text_encoder(paths["text_encoder"], text_dtype), load_tokenizer(paths["tokenizer"]),
+                           index.get("max_length", 512), pooled, pooled_tok, index.get("max_length_2", 77))
+    template = index.get("template", version)
+    template = TEMPLATES[template] if isinstance(template, str) else PromptTemplate(**template)
+    pipe = VideoPipeline(version, transformer, vae, text, load_sampler(paths["scheduler"]), template)
+    pipe.dtype = dtype
+    return pipe

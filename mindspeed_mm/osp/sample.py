@@ -1,0 +1,303 @@
+"""`osp sample`: text-to-video / image-to-video from a pipeline folder or a tiny random preset."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="generate videos from prompts (v1.3 / v1.5; t2v, v1.3 i2v)",
+                              description="Generate mp4 videos (plus a JSON sidecar with every setting) from prompts.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="pipeline folder (model_index.json, transformer/, vae/, text_encoder/, ...)")
+    src.add_argument("--preset", help="tiny random pipeline built in code: tiny-osp13-random, tiny-osp13-i2v-random, "
+                                      "tiny-osp15-random (defaults: 2 latent frames + 1, 64x96, 4 steps)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    p.add_argument("--prompt-file", help="text file, one prompt per line (blank lines and # comments skipped)")
+    p.add_argument("--negative-prompt", default=None, help="appended to the model's default negative prompt")
+    p.add_argument("--no-template", action="store_true", help="use prompts as given (no quality template/negatives)")
+    p.add_argument("--image", action="append", default=[], metavar="IMG[@INDEX]",
+                   help="conditioning frame for v1.3 i2v weights; INDEX = frame position (default 0; with two "
+                        "images 0 and -1). Repeat for several reference frames")
+    p.add_argument("--num-frames", type=int, help="frames (v1.3: 4k+1, default 93; v1.5: 8k+1, default 121)")
+    p.add_argument("--height", type=int, help="multiple of 16 (default 352 / 576)")
+    p.add_argument("--width", type=int, help="multiple of 16 (default 640 / 1024)")
+    p.add_argument("--steps", type=int, help="sampling steps (default 100 / 50)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5 / 7.0)")
+    p.add_argument("--guidance-rescale", type=float, help="std rescale of the guided prediction (default 0 / 0.7)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first video; video i uses seed + i")
+    p.add_argument("--fps", type=float, help="frame rate of the mp4 (default 18 / 24)")
+    p.add_argument("--output", required=True, help="OUT.mp4; several videos become OUT_000.mp4, OUT_001.mp4, ...")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts sampled together")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="denoiser/VAE dtype (default: bf16 on GPU/NPU, fp32 on CPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, npu:0 (default: detected)")
+    p.add_argument("--text-device", default=None, help="where the text encoders run (e.g. cpu to save memory)")
+    p.add_argument("--free-text-encoders", action="store_true", help="drop the text encoders after encoding")
+    p.add_argument("--offload", choices=("none", "blocks"), default="none",
+                   help="blocks: keep denoiser blocks in host memory, stream one at a time to the device")
+    p.add_argument("--cfg-mode", choices=("batch", "sequential"), default="batch",
+                   help="sequential: run the guidance passes one after another (half the activation memory)")
+    p.add_argument("--vae-chunk", type=int, default=None, help="latent frames per VAE decode chunk (bounds memory)")
+    p.add_argument("--refiner", default=None, help="local causal-LM folder that rewrites prompts (t2v only)")
+    p.add_argument("--save-latents", action="store_true",
+                   help="also write the final latents (before VAE decoding) to OUT.latents.safetensors")
+    p.add_argument("--pad", action="store_true", help="generate at the next valid size and crop back")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun; processes beyond "
+                                                     "tp x cp sample different prompts)")
+    p.add_argument("--cp", type=int, default=1, help="context-parallel (Ulysses) degree (under torchrun)")
+    p.set_defaults(func=run)
+
+    m = subparsers.add_parser("make-pipeline", help="assemble a pipeline folder from released checkpoints",
+                              description="Load the released parts in their published layouts, check that they fit "
+                                          "together, and write one pipeline folder for `osp sample --model`.")
+    m.add_argument("--version", choices=("v1.3", "v1.5"), required=True)
+    m.add_argument("--transformer", required=True,
+                   help="v1.3: diffusers transformer/ folder; v1.5: model_ema.pt, model_optim_rng.pt or Megatron folder")
+    m.add_argument("--transformer-config", help="v1.5: SparseUMMDiT kwargs (JSON file or preset; default osp15_suv_8b)")
+    m.add_argument("--vae", required=True, help="WF-VAE folder (config.json + checkpoint) or checkpoint file")
+    m.add_argument("--text-encoder", required=True, help="transformers folder: mT5-XXL (v1.3) / T5-v1.1-XL (v1.5)")
+    m.add_argument("--tokenizer", help="tokenizer folder (default: the text encoder folder)")
+    m.add_argument("--text-encoder-2", help="v1.5: CLIP-ViT-bigG-14 folder (CLIPTextModelWithProjection)")
+    m.add_argument("--tokenizer-2", help="v1.5: CLIP tokenizer folder (default: the CLIP folder)")
+    m.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype the weights are stored in")
+    m.add_argument("--output", required=True, help="pipeline folder to write")
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=run_make_pipeline)
+
+
+def run_make_pipeline(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipelines import assemble_pipeline
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise SystemExit(f"error: {args.output} exists; pass --overwrite or choose another --output")
+    try:
+        pipe = assemble_pipeline(args.version, args.transformer, args.vae, args.text_encoder, args.tokenizer,
+                                 args.text_encoder_2, args.tokenizer_2, args.transformer_config,
+                                 dtype=getattr(torch, DTYPES[args.dtype]))
+        folder = pipe.save_pretrained(args.output, overwrite=args.overwrite)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    print(f"wrote {folder} ({args.version}, {args.dtype}); sample with: osp sample --model {folder} --prompt ...")
+    return 0
+
+
+def read_prompts(args) -> List[str]:
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise SystemExit(f"error: --prompt-file {path} does not exist")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not prompts:
+        raise SystemExit("error: give at least one --prompt or a --prompt-file")
+    return prompts
+
+
+def output_paths(output: str, count: int) -> List[Path]:
+    out = Path(output)
+    if out.suffix.lower() != ".mp4":
+        raise SystemExit(f"error: --output {out} must end in .mp4")
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i:03d}.mp4") for i in range(count)]
+
+
+def parse_images(specs: List[str], height: int, width: int) -> Dict[int, "torch.Tensor"]:
+    """`IMG[@INDEX]` -> {index: (3, H, W) in [-1, 1]}; images of another size are center-cropped and resized."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    frames = {}
+    for n, spec in enumerate(specs):
+        path, index = spec, ""
+        head, sep, tail = spec.rpartition("@")
+        if sep and tail.lstrip("-").isdigit():  # IMG@INDEX (a file name may itself contain '@')
+            path, index = head, tail
+        if index:
+            i = int(index)
+        elif len(specs) <= 2:
+            i = 0 if n == 0 else -1
+        else:
+            raise SystemExit(f"error: with more than two --image give each a frame index, e.g. {spec}@8")
+        if not Path(path).is_file():
+            raise SystemExit(f"error: --image {path} does not exist")
+        image = Image.open(path).convert("RGB")
+        if image.size != (width, height):
+            w0, h0 = image.size
+            scale = max(width / w0, height / h0)
+            rw, rh = max(width, round(w0 * scale)), max(height, round(h0 * scale))
+            image = image.resize((rw, rh), Image.BICUBIC)
+            left, top = (rw - width) // 2, (rh - height) // 2
+            image = image.crop((left, top, left + width, top + height))
+            print(f"note: --image {path} is {w0}x{h0}; resized and center-cropped to {width}x{height}", file=sys.stderr)
+        if i in frames:
+            raise SystemExit(f"error: two --image given for frame {i}")
+        frames[i] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 127.5 - 1
+    return frames
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _save_latents_atomic(path: Path, latents) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    save_file({"latents": latents.detach().float().cpu().contiguous()}, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def build_pipeline(args):
+    import torch
+
+    from .pipelines import build_preset, load_pipeline
+    from .platform import default_device
+
+    device = torch.device(args.device) if args.device else default_device()
+    args.dtype = args.dtype or ("fp32" if device.type == "cpu" else "bf16")
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if args.preset:
+        pipe = build_preset(args.preset)
+    else:
+        if not Path(args.model).is_dir():
+            raise SystemExit(f"error: --model {args.model} is not a folder")
+        try:
+            pipe = load_pipeline(args.model, dtype=dtype)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"error: {err}")
+    pipe.text_device = torch.device(args.text_device) if args.text_device else None
+    pipe.free_text_encoders = args.free_text_encoders
+    pipe.vae_chunk_frames = args.vae_chunk
+    pipe.sequential_cfg = args.cfg_mode == "sequential"
+    pipe.device, pipe.dtype = device, dtype
+    if args.offload == "blocks":
+        pipe.enable_block_offload()
+    pipe.to(device, dtype)
+    if args.refiner:
+        from .text import PromptRefiner
+        pipe.refiner = PromptRefiner(args.refiner, device=pipe.text_device or device)
+    return pipe
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from . import __version__
+    from .data.video_io import model_output_to_frames, write_video
+
+    prompts = read_prompts(args)
+    paths = output_paths(args.output, len(prompts))
+    for name in ("batch_size", "steps", "vae_chunk"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.fps is not None and args.fps <= 0:
+        raise SystemExit(f"error: --fps must be positive, got {args.fps}")
+    from .pipelines.parallel_run import parallelize_pipeline, setup_parallel
+
+    ranks = setup_parallel(args.tp, args.cp)
+    mine = [i for i in range(len(prompts)) if ranks.owns(i)]
+    # every rank checks the files of its own data-parallel group (all ranks of a group stop together; another
+    # group may already be writing its files)
+    existing = [str(q) for i in mine for q in (paths[i], paths[i].with_suffix(".json"),
+                                              paths[i].with_suffix(".latents.safetensors"))
+                if q.exists() and (q.suffix != ".safetensors" or args.save_latents)]
+    if existing and not args.overwrite:
+        raise SystemExit(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
+    pipe = build_pipeline(args)
+    if ranks.model_parallel:
+        parallelize_pipeline(pipe)
+    d = pipe.defaults
+    frames_n, height, width = args.num_frames or d.num_frames, args.height or d.height, args.width or d.width
+    try:
+        gen_size = pipe.geometry.resolve(frames_n, height, width, pad=args.pad)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
+    if gen_size != (frames_n, height, width) and ranks.writer:
+        print(f"note: generating {gen_size[0]}x{gen_size[1]}x{gen_size[2]} and cropping to "
+              f"{frames_n}x{height}x{width} (--pad)", file=sys.stderr)
+    images = parse_images(args.image, gen_size[1], gen_size[2]) if args.image else None
+    steps = args.steps or d.steps
+    guidance = d.guidance_scale if args.guidance is None else args.guidance
+    rescale = d.guidance_rescale if args.guidance_rescale is None else args.guidance_rescale
+    fps = args.fps or d.fps
+    template = pipe.template if not args.no_template else None
+
+    for start in range(0, len(mine), args.batch_size):
+        indices = mine[start:start + args.batch_size]
+        batch = [prompts[i] for i in indices]
+        seeds = [args.seed + i for i in indices]
+        negatives = [args.negative_prompt or ""] * len(batch)
+        bar = tqdm(total=steps, desc=f"videos {indices[0] + 1}-{indices[-1] + 1}/{len(prompts)}", unit="step",
+                   disable=not ranks.writer)
+        began = time.time()
+        try:
+            latents = pipe(batch, negative_prompts=negatives, num_frames=frames_n, height=height, width=width,
+                           steps=steps, guidance_scale=guidance, guidance_rescale=rescale, seeds=seeds, frames=images,
+                           pad=args.pad, use_template=not args.no_template, output_latents=True,
+                           progress=lambda i, n: bar.update(1))
+        except ValueError as err:
+            raise SystemExit(f"error: {err}")
+        finally:
+            bar.close()
+        if not ranks.writer:
+            continue
+        videos = pipe.decode(latents)[:, :, :frames_n, :height, :width]
+        seconds = time.time() - began
+        used_pos, used_neg = (template.apply(batch, negatives) if template else (batch, negatives))
+        for j, prompt in enumerate(batch):
+            path = paths[indices[j]]
+            write_video(path, model_output_to_frames(videos[j]), fps, overwrite=args.overwrite)
+            sidecar = {
+                "prompt": prompt, "prompt_used": used_pos[j],
+                "negative_prompt": args.negative_prompt, "negative_prompt_used": used_neg[j] if guidance > 1 else None,
+                "seed": seeds[j], "num_frames": frames_n, "height": height, "width": width,
+                "generated_size": list(gen_size), "pad": args.pad, "steps": steps, "guidance_scale": guidance,
+                "guidance_rescale": rescale, "fps": fps, "dtype": args.dtype, "device": str(pipe.device),
+                "model": args.model and str(Path(args.model).resolve()), "preset": args.preset,
+                "model_version": pipe.version, "sampler": _sampler_config(pipe.sampler),
+                "images": args.image, "template": not args.no_template, "batch_size": args.batch_size,
+                "tp": args.tp, "cp": args.cp, "data_parallel": ranks.data_parallel_size,
+                "offload": args.offload, "cfg_mode": args.cfg_mode, "vae_chunk": args.vae_chunk,
+                "refiner": args.refiner, "seconds_for_batch": round(seconds, 3),
+                "versions": {"mindspeed_mm.osp": __version__, "torch": torch.__version__},
+                "command": ["osp", "sample"] + sys.argv[2:] if sys.argv[1:2] == ["sample"] else None,
+            }
+            _write_json_atomic(path.with_suffix(".json"), sidecar)
+            if args.save_latents:
+                _save_latents_atomic(path.with_suffix(".latents.safetensors"), latents[j])
+            print(f"wrote {path} ({frames_n} frames {height}x{width} @ {fps} fps, seed {seeds[j]})")
+    return 0
+
+
+def _sampler_config(sampler) -> dict:
+    config = getattr(sampler, "config", None)
+    if config is not None:
+        return {"_class_name": type(sampler).__name__, **{k: v for k, v in dict(config).items() if not k.startswith("_")}}
+    from dataclasses import asdict
+    return {"_class_name": type(sampler).__name__, **asdict(sampler)}
