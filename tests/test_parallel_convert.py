@@ -1,7 +1,6 @@
 """Megatron TP shard files <-> official state dict (specs/dit.md 7.1 split rules), and `osp reshard`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -90,8 +90,9 @@ def load_megatron(path, plan: ParallelPlan, expect_tp: Optional[int] = None,
     that names the reshard command."""
     tp = megatron_tp_size(path)
     if expect_tp is not None and tp != expect_tp:
-        raise ValueError(f"{path} holds tensor-parallel shards for TP={tp}, this run uses TP={expect_tp}; reshard "
-                         "it first: " + RESHARD_COMMAND.format(model=model, tp=expect_tp, src=path, dst=f"{path}_tp{expect_tp}"))
+        command = RESHARD_COMMAND.format(model=model, tp=expect_tp, src=path, dst=f"{path}_tp{expect_tp}")
+        raise ValueError(f"{path} holds tensor-parallel shards for TP={tp}, this run uses TP={expect_tp}; "
+                         f"reshard it first: {command}")
     shards = []
     for rank in range(tp):
         obj = torch.load(Path(path) / "release" / f"mp_rank_{rank:02d}" / "model_optim_rng.pt",

@@ -8,7 +8,6 @@ recompute only each block's bf16 input (2 * s * b * h) plus one block's working 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 GIB = 1024 ** 3
 DEVICES = {"Ascend 910B (64 GB)": 64, "H100 (80 GB)": 80}
