@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dit_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from mindspeed_mm.osp.ops.skiparse import (
     group_ids, mean_over_groups, padded_length, repeat_batch, skiparse, skiparse_key_mask, unskiparse,
 )

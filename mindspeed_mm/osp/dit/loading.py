@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -48,9 +49,9 @@ def _listing(keys, limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def check_keys(model: nn.Module, state_dict: dict, what: str = "model") -> None:
-    """Raise naming the missing / unexpected keys and shape mismatches between `state_dict` and `model`."""
-    expected = model.state_dict()
+def check_keys(expected: dict, state_dict: dict, what: str = "model") -> None:
+    """Raise naming the missing / unexpected keys and shape mismatches of `state_dict` against `expected`
+    (a state dict of the model, under the names the checkpoint uses)."""
     missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
     problems = []
@@ -71,7 +72,7 @@ def load_checked(model: nn.Module, state_dict: dict, what: str = "model",
                  dtype: Optional[torch.dtype] = None) -> None:
     """Strictly load `state_dict` into `model`. A model on the meta device takes the tensors themselves
     (cast to `dtype`, default the model's), so no second copy of the weights is made."""
-    check_keys(model, state_dict, what)
+    check_keys(model.state_dict(), state_dict, what)
     on_meta = any(p.is_meta for p in model.parameters())
     if on_meta:
         dtype_of = {k: dtype or v.dtype for k, v in model.state_dict().items()}
@@ -167,13 +168,18 @@ def suv_flat_to_official(state_dict: dict, num_layers: list[int]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def load_tensor_file(path: PathLike) -> dict:
-    """A .safetensors file, or a torch pickle (loaded with weights_only=True)."""
+def load_tensor_file(path: PathLike, trust_pickle: bool = False) -> dict:
+    """A .safetensors file, or a torch pickle. Pickles load with weights_only=True unless `trust_pickle`
+    (Megatron training checkpoints also hold `args` and RNG states, which only a full unpickle reads)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds Python objects besides tensors (e.g. Megatron `args`, RNG states), so the "
+                         f"safe loader refuses it. If you trust the file, pass trust_pickle=True. Detail: {str(err).splitlines()[0]}") from None
 
 
 def read_diffusers_folder(path: PathLike) -> tuple[dict, dict]:
@@ -218,42 +224,47 @@ def _megatron_file(path: Path) -> Path:
     return path / "mp_rank_00" / "model_optim_rng.pt"
 
 
-def read_mindspeed_checkpoint(path: PathLike) -> dict:
-    """State dict of a v1.5 checkpoint: model_ema.pt, model_optim_rng.pt or a Megatron folder (TP=1)."""
+def read_mindspeed_checkpoint(path: PathLike, trust_pickle: bool = False) -> dict:
+    """State dict of a v1.5 checkpoint: model_ema.pt, model_optim_rng.pt, a Megatron folder (TP=1) or a
+    .safetensors file."""
     path = Path(path)
     if path.is_dir():
         candidates = [path / "model_ema.pt", path / "model.pt"]
         found = next((c for c in candidates if c.is_file()), None)
         path = found if found is not None else _megatron_file(path)
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    obj = load_tensor_file(path, trust_pickle)
     if isinstance(obj, dict):
         for key in ("ema_state_dict", "model", "state_dict"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if "_extra_state" not in k}  # Megatron/TE extra states
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: no state dict found (looked for ema_state_dict / model / a plain dict of tensors)")
-    obj = {k: v for k, v in obj.items() if "_extra_state" not in k}
     return strip_prefix(obj)
 
 
 def from_pretrained(path: PathLike, config: Optional[Union[dict, str, PathLike]] = None, *,
-                    dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu") -> nn.Module:
-    """Load a released denoiser. v1.3: a diffusers `transformer/` folder (its config.json is used).
-    v1.5: model_ema.pt / Megatron checkpoint; `config` = SparseUMMDiT kwargs (dict, JSON path or preset name,
-    default preset `osp15_suv_8b`)."""
+                    dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
+                    trust_pickle: bool = False) -> nn.Module:
+    """Load a released denoiser. v1.3: a diffusers `transformer/` folder (its config.json is used; a weights
+    file inside it works too). v1.5: model_ema.pt / Megatron checkpoint / .safetensors; `config` =
+    SparseUMMDiT kwargs (dict, JSON path or preset name, default preset `osp15_suv_8b`)."""
     from mindspeed_mm.osp.dit.osp13 import OSP13DiT
     from mindspeed_mm.osp.dit.suv import SUVDiT
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if path.is_file() and path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+        path = path.parent
     if path.is_dir() and ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()):
         official_config, state_dict = read_diffusers_folder(path)
         if config is not None:
             official_config = _read_config(config)
         return OSP13DiT.from_official(official_config, state_dict, dtype=dtype, device=device)
-    state_dict = read_mindspeed_checkpoint(path)
+    state_dict = read_mindspeed_checkpoint(path, trust_pickle)
     suv_config = _read_config(config if config is not None else "osp15_suv_8b")
     return SUVDiT.from_official(suv_config, state_dict, dtype=dtype, device=device)
 

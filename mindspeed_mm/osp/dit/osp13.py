@@ -31,7 +31,7 @@ Sparsity = Union[None, str, int]
 _IGNORED_OFFICIAL_KEYS = {
     "sample_size_t", "sample_size_h", "sample_size_w", "dropout", "only_cross_attention", "double_self_attention",
     "upcast_attention", "norm_type", "use_additional_conditions", "attention_type", "num_embeds_ada_norm",
-    "use_linear_projection", "upcast_attention",
+    "use_linear_projection",
 }
 
 
@@ -152,7 +152,7 @@ class OSP13Block(nn.Module):
         self.attn2 = CrossAttention13(d, cfg.cross_attention_dim, cfg.attention_head_dim, cfg.attention_bias)
         self.norm2 = nn.LayerNorm(d, eps=cfg.norm_eps, elementwise_affine=cfg.norm_elementwise_affine)
         self.ff = FeedForward(d, mult=4, bias=True)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, d) / d ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.empty(6, d))  # N(0, 1/D) in OSP13DiT.init_weights
         self.skiparse_k, self.skiparse_group = 1, False  # set by OSP13DiT.set_sparsity
 
     def forward(self, x, t6, text, text_mask, video_mask, rope, rope_tables,
@@ -180,6 +180,20 @@ class AdaLNSingle(nn.Module):
         return self.linear(F.silu(emb)), emb
 
 
+@dataclass
+class OSP13State:
+    """Activations between `OSP13DiT.prepare`, `run_blocks` and `finish` (sequence-first)."""
+    x: torch.Tensor                      # video tokens (N, B, D)
+    t6: torch.Tensor                     # shared block modulation (6, B, D)
+    embedded_timestep: torch.Tensor      # (B, D), used by the output head
+    text: torch.Tensor                   # projected text (L, B, D)
+    text_mask: Optional[torch.Tensor]    # (B, L) bool, True = masked
+    video_mask: Optional[torch.Tensor]   # (B, N) bool, True = masked
+    rope_tables: list
+    grid: tuple
+    plan: Optional[list] = None          # per-block (k, group) override; None = the blocks' own settings
+
+
 class OSP13DiT(nn.Module):
     """v1.3 Skiparse DiT (T2V, or I2V when `config.inpaint`). See `forward` for the inputs."""
 
@@ -198,14 +212,24 @@ class OSP13DiT(nn.Module):
         self.caption_projection = TextProjection(cfg.caption_channels, d, act="gelu_tanh")
         self.transformer_blocks = nn.ModuleList([OSP13Block(cfg) for _ in range(cfg.num_layers)])
         self.norm_out = nn.LayerNorm(d, eps=cfg.norm_eps, elementwise_affine=cfg.norm_elementwise_affine)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, d) / d ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.empty(2, d))
         self.proj_out = nn.Linear(d, cfg.patch_size_t * p * p * cfg.out_channels)
         self.rope = RoPE3D.v13(cfg.attention_head_dim, (cfg.interpolation_scale_t, cfg.interpolation_scale_h,
                                                         cfg.interpolation_scale_w))
         self.set_sparsity(None)
-        if cfg.inpaint and not any(prm.is_meta for prm in self.parameters()):
-            nn.init.zeros_(self.pos_embed_masked_hidden_states[1].weight)
-            nn.init.zeros_(self.pos_embed_mask[1].weight)
+        if not self.proj_out.weight.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialisation for training from scratch: PixArt tables N(0, 1/D); the I2V condition projections
+        zero (so T2V weights loaded into the I2V model reproduce T2V). Linear/conv keep torch defaults."""
+        d = self.config.hidden_size
+        for table in [self.scale_shift_table] + [blk.scale_shift_table for blk in self.transformer_blocks]:
+            table.normal_(std=d ** -0.5)
+        if self.config.inpaint:
+            self.pos_embed_masked_hidden_states[1].weight.zero_()
+            self.pos_embed_mask[1].weight.zero_()
 
     # ----------------------------------------------------------------------------------------- sparsity
     def sparsity_plan(self, sparsity: Sparsity = None) -> list[tuple[int, bool]]:
@@ -248,28 +272,46 @@ class OSP13DiT(nn.Module):
         """hidden_states (B, C, T, H, W) latents (I2V: 2C+4 channels); timestep (B,) integers 0..999;
         encoder_hidden_states (B, 1, L, caption_channels) or (B, L, caption_channels); encoder_attention_mask
         (B, 1, L), 1 = keep; attention_mask (B, T, H, W), 1 = keep (optional); `sparsity` overrides the plan for
-        this call. Returns the prediction (B, out_channels, T, H, W)."""
-        cfg = self.config
+        this call. Returns the prediction (B, out_channels, T, H, W). Same as finish(run_blocks(prepare(...)))."""
+        state = self.prepare(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
+                             attention_mask, sparsity)
+        return self.finish(self.run_blocks(state))
+
+    def prepare(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask=None,
+                attention_mask=None, sparsity: Sparsity = None) -> OSP13State:
+        """Embeddings, adaLN-single, caption projection, masks and RoPE tables (before the first block)."""
         b, _, t, h, w = hidden_states.shape
-        p = cfg.patch_size
+        p = self.config.patch_size
         if h % p or w % p:
             raise ValueError(f"latent height/width ({h}, {w}) must be divisible by patch_size {p}")
         grid = (t, h // p, w // p)
         dtype = self.proj_out.weight.dtype
         x = self.embed(hidden_states.to(dtype)).transpose(0, 1)                        # (N, B, D)
         t6, emb = self.adaln_single(timestep, dtype)
-        t6 = t6.view(b, 6, -1).transpose(0, 1)                                          # (6, B, D)
         text = encoder_hidden_states.to(dtype)
         text = self.caption_projection(text.reshape(b, -1, text.shape[-1])).transpose(0, 1)   # (L, B, D)
-        text_mask = text_key_mask(encoder_attention_mask, b, text.shape[0])
-        video_mask = video_key_mask(attention_mask, (1, p, p))
-        tables = self.rope.tables(grid, x.device, dtype)
-        plan = None if sparsity is None else self.sparsity_plan(sparsity)
-        for i, block in enumerate(self.transformer_blocks):
-            x = block(x, t6, text, text_mask, video_mask, self.rope, tables, None if plan is None else plan[i])
-        shift, scale = (self.scale_shift_table[:, None] + emb[None]).chunk(2, dim=0)
-        x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
-        return unpatchify(x.transpose(0, 1), grid, (1, p, p), cfg.out_channels)
+        return OSP13State(
+            x=x, t6=t6.view(b, 6, -1).transpose(0, 1), embedded_timestep=emb, text=text,
+            text_mask=text_key_mask(encoder_attention_mask, b, text.shape[0]),
+            video_mask=video_key_mask(attention_mask, (1, p, p)),
+            rope_tables=self.rope.tables(grid, x.device, dtype), grid=grid,
+            plan=None if sparsity is None else self.sparsity_plan(sparsity))
+
+    def run_blocks(self, state: OSP13State, start: int = 0, stop: Optional[int] = None) -> OSP13State:
+        """Run blocks start..stop-1 on `state.x` (a pipeline stage runs its own range)."""
+        stop = len(self.transformer_blocks) if stop is None else stop
+        for i in range(start, stop):
+            state.x = self.transformer_blocks[i](state.x, state.t6, state.text, state.text_mask, state.video_mask,
+                                                 self.rope, state.rope_tables,
+                                                 None if state.plan is None else state.plan[i])
+        return state
+
+    def finish(self, state: OSP13State) -> torch.Tensor:
+        """Output head: LN, (table + embedded timestep) modulation, proj_out, unpatchify."""
+        shift, scale = (self.scale_shift_table[:, None] + state.embedded_timestep[None]).chunk(2, dim=0)
+        x = self.proj_out(self.norm_out(state.x) * (1 + scale) + shift)
+        p = self.config.patch_size
+        return unpatchify(x.transpose(0, 1), state.grid, (1, p, p), self.config.out_channels)
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod

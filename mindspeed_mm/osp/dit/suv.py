@@ -223,6 +223,20 @@ class AdaNormOut(nn.Module):
         return _modulate(self.norm, x, shift[None], scale[None])
 
 
+@dataclass
+class SUVState:
+    """Activations between `SUVDiT.prepare`, `run_blocks` and `finish` (sequence-first)."""
+    x: torch.Tensor                      # video tokens (N, B, D)
+    e: torch.Tensor                      # text tokens (L, B, D)
+    c: torch.Tensor                      # conditioning (B, timestep_embed_dim), float32
+    video_mask: Optional[torch.Tensor]   # (B, N) bool, True = masked
+    text_mask: Optional[torch.Tensor]    # (B, L) bool, True = masked
+    rope_tables: list
+    grid: tuple
+    plan: Optional[list] = None          # per-block (k, group) override; None = the blocks' own settings
+    skips: list = field(default_factory=list)
+
+
 class SUVDiT(nn.Module):
     """v1.5 SUV MMDiT. See `forward` for the inputs."""
 
@@ -239,6 +253,7 @@ class SUVDiT(nn.Module):
                                                  for i in range(total)])
         starts = [sum(cfg.num_layers[:s]) for s in range(len(cfg.num_layers))]
         self.stage_ranges = [(s, s + n) for s, n in zip(starts, cfg.num_layers)]
+        self.stage_of_block = [s for s, n in enumerate(cfg.num_layers) for _ in range(n)]
         self.mid_stage = len(cfg.num_layers) // 2
         if cfg.skip_connection:
             self.skip_norm_linear = nn.ModuleList([self._skip_layer(d) for _ in range(self.mid_stage)])
@@ -248,12 +263,20 @@ class SUVDiT(nn.Module):
         self.proj_out = nn.Linear(d, p * p * cfg.out_channels)
         self.rope = RoPE3D.v15(cfg.head_dim)
         self.set_sparsity(None)
-        if cfg.skip_connection and cfg.skip_connection_zero_init and not any(x.is_meta for x in self.parameters()):
-            for lin in [m[1] for m in (*self.skip_norm_linear, *self.skip_norm_linear_enc)]:
-                with torch.no_grad():
-                    lin.weight.zero_()
-                    lin.weight[:, :d].copy_(torch.eye(d))
-                    lin.bias.zero_()
+        if not self.proj_out.weight.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialisation for training from scratch: skip linears [I | 0] (zero-init mode: the decoder stream
+        passes through, the skip is ignored); everything else keeps torch defaults."""
+        if not (self.config.skip_connection and self.config.skip_connection_zero_init):
+            return
+        d = self.config.hidden_size
+        for lin in [m[1] for m in (*self.skip_norm_linear, *self.skip_norm_linear_enc)]:
+            lin.weight.zero_()
+            lin.weight[:, :d].copy_(torch.eye(d))
+            lin.bias.zero_()
 
     def _skip_layer(self, d: int) -> nn.Sequential:
         # zero-init: Identity then Linear(2D -> D) initialised to [I | 0]; otherwise a LayerNorm over 2D first.
@@ -291,7 +314,15 @@ class SUVDiT(nn.Module):
                 sparsity: Sparsity = None) -> torch.Tensor:
         """hidden_states (B, C, T, H, W); timestep (B,) = sigma*1000; encoder_hidden_states (B, 1, L, C_t5) or
         (B, L, C_t5); encoder_attention_mask (B, 1, L), 1 = keep; pooled_projections (B, 1280) CLIP text_embeds;
-        attention_mask (B, T, H, W), 1 = keep (optional). Returns the prediction (B, out_channels, T, H, W)."""
+        attention_mask (B, T, H, W), 1 = keep (optional); `sparsity` overrides the plan for this call.
+        Returns the prediction (B, out_channels, T, H, W). Same as finish(run_blocks(prepare(...)))."""
+        state = self.prepare(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
+                             pooled_projections, attention_mask, sparsity)
+        return self.finish(self.run_blocks(state))
+
+    def prepare(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask=None,
+                pooled_projections=None, attention_mask=None, sparsity: Sparsity = None) -> SUVState:
+        """Embeddings, conditioning, masks and RoPE tables: everything before the first block."""
         cfg = self.config
         if pooled_projections is None:
             raise ValueError("SUVDiT needs pooled_projections (the CLIP pooled text embedding, (B, "
@@ -305,27 +336,40 @@ class SUVDiT(nn.Module):
         grid = (t, h // p, w // p)
         dtype = self.proj_out.weight.dtype
         x = self.patch_embed(hidden_states.to(dtype)).transpose(0, 1)                            # (N, B, D)
-        c = self.time_text_embed(timestep, pooled_projections)                                    # (B, Dt) fp32
         text = encoder_hidden_states.to(dtype)
         e = self.caption_projection(text.reshape(b, -1, text.shape[-1])).transpose(0, 1)         # (L, B, D)
-        text_mask = text_key_mask(encoder_attention_mask, b, e.shape[0])
-        video_mask = video_key_mask(attention_mask, (1, p, p))
-        tables = self.rope.tables(grid, x.device, dtype)
-        plan = self.sparsity_plan(sparsity) if sparsity is not None else None
-        skips = []
-        for stage, (start, stop) in enumerate(self.stage_ranges):
-            if stage > self.mid_stage and cfg.skip_connection:
-                xs, es = skips.pop()
+        return SUVState(
+            x=x, e=e, c=self.time_text_embed(timestep, pooled_projections),                       # c: (B, Dt) fp32
+            video_mask=video_key_mask(attention_mask, (1, p, p)),
+            text_mask=text_key_mask(encoder_attention_mask, b, e.shape[0]),
+            rope_tables=self.rope.tables(grid, x.device, dtype), grid=grid,
+            plan=self.sparsity_plan(sparsity) if sparsity is not None else None)
+
+    def run_blocks(self, state: SUVState, start: int = 0, stop: Optional[int] = None) -> SUVState:
+        """Run blocks start..stop-1 (flat indices), with the U-net skips: the output of the last block of each
+        encoder stage is pushed on `state.skips`, and popped and fused before the first block of the mirrored
+        decoder stage. A pipeline stage runs its own range and hands the state (x, e, skips) on."""
+        stop = len(self.transformer_blocks) if stop is None else stop
+        use_skips = self.config.skip_connection
+        for i in range(start, stop):
+            stage = self.stage_of_block[i]
+            if use_skips and stage > self.mid_stage and i == self.stage_ranges[stage][0]:
+                xs, es = state.skips.pop()
                 j = stage - self.mid_stage - 1
-                x = self.skip_norm_linear[j](torch.cat([x, xs], dim=-1))
-                e = self.skip_norm_linear_enc[j](torch.cat([e, es], dim=-1))
-            for i in range(start, stop):
-                x, e = self.transformer_blocks[i](x, e, c, video_mask, text_mask, self.rope, tables,
-                                                  None if plan is None else plan[i])
-            if stage < self.mid_stage and cfg.skip_connection:
-                skips.append((x, e))
-        x = self.proj_out(self.norm_out(self.norm_final(x), c))
-        return unpatchify(x.transpose(0, 1), grid, (1, p, p), cfg.out_channels)
+                state.x = self.skip_norm_linear[j](torch.cat([state.x, xs], dim=-1))
+                state.e = self.skip_norm_linear_enc[j](torch.cat([state.e, es], dim=-1))
+            state.x, state.e = self.transformer_blocks[i](
+                state.x, state.e, state.c, state.video_mask, state.text_mask, self.rope, state.rope_tables,
+                None if state.plan is None else state.plan[i])
+            if use_skips and stage < self.mid_stage and i == self.stage_ranges[stage][1] - 1:
+                state.skips.append((state.x, state.e))
+        return state
+
+    def finish(self, state: SUVState) -> torch.Tensor:
+        """Output head: norm_final, AdaNorm, proj_out, unpatchify."""
+        p = self.config.patch_size_thw[1]
+        x = self.proj_out(self.norm_out(self.norm_final(state.x), state.c))
+        return unpatchify(x.transpose(0, 1), state.grid, (1, p, p), self.config.out_channels)
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
@@ -334,7 +378,7 @@ class SUVDiT(nn.Module):
         """Build from SparseUMMDiT kwargs and a MindSpeed-MM (or PKU-named) TP=1 state dict; strict keys,
         except the last block's unused text-stream weights left by TP>1 training (dropped with a note)."""
         from mindspeed_mm.osp.dit.loading import (
-            drop_tp_leftovers, is_pku_v15, load_checked, rename_pku_v15, suv_official_to_flat,
+            check_keys, drop_tp_leftovers, is_pku_v15, load_checked, rename_pku_v15, suv_official_to_flat,
         )
 
         cfg = SUVConfig.from_official(config)
@@ -344,6 +388,7 @@ class SUVDiT(nn.Module):
         state_dict = drop_tp_leftovers(state_dict, cfg.num_layers)
         with torch.device("meta"):
             model = cls(cfg)
+        check_keys(model.official_state_dict(), state_dict, what="v1.5 SUV DiT")  # errors name official keys
         load_checked(model, suv_official_to_flat(state_dict, cfg.num_layers), what="v1.5 SUV DiT", dtype=dtype)
         return model.to(device=device, dtype=dtype)
 
