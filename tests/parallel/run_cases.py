@@ -134,6 +134,11 @@ def main():
     torch.distributed.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
+    try:
+        parallel.initialize(tensor_parallel=3)
+        results["world_size_error"] = None
+    except ValueError as exc:
+        results["world_size_error"] = str(exc)
     for case in args.cases:
         model, _, layout = case.rpartition("/")
         if model in ("", "toy"):

@@ -151,7 +151,8 @@ def toy_plan(model: ToyDiT) -> ParallelPlan:
     blk = "transformer_blocks.*."
     return ParallelPlan(
         column=tuple(blk + f"attn1.{n}" for n in ("proj_q", "proj_k", "proj_v", "added_proj_q", "added_proj_k",
-                                                   "added_proj_v")) + (blk + "ff.net.0.proj", blk + "ff_enc.net.0.proj"),
+                                                   "added_proj_v"))
+        + (blk + "ff.net.0.proj", blk + "ff_enc.net.0.proj"),
         row=(blk + "attn1.proj_out", blk + "attn1.added_proj_out", blk + "ff.net.2", blk + "ff_enc.net.2"),
         conditioning=(blk + "norm1.linear", "norm_out.linear"),
         ulysses_in=tuple(blk + f"attn1.{n}" for n in ("proj_q", "proj_k", "proj_v", "added_proj_q",

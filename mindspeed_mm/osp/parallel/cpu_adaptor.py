@@ -8,8 +8,11 @@ literals. This module redirects exactly those calls to the CPU, and nothing else
   whose `torch.cuda` answers `current_device()` with "cpu", makes `synchronize`/`empty_cache` no-ops and keeps
   RNG state in the CPU generator, whose factory functions map `device="cuda"` to the CPU, and whose
   `autocast("cuda")` becomes CPU autocast;
+* `Tensor.cuda()` called from a megatron-core module (0.12 does) returns the tensor unchanged;
 * `Tensor.type()` called with no argument *from a megatron-core module* reports CPU tensors under their CUDA
   names ("torch.cuda.FloatTensor"), which the optimizers check for; callers elsewhere see the usual answer;
+* 0.12.x only: its distributed optimizer calls the FP8 shard quantiser unconditionally, which raises when
+  Transformer Engine is absent; with no FP8 parameters it is skipped;
 * megatron's CUDA RNG state helpers (`_get_cuda_rng_state`/`_set_cuda_rng_state`, whose names and signatures
   changed between 0.12 and 0.16) get CPU versions.
 
@@ -197,11 +200,13 @@ def apply() -> list[str]:
             module.torch = proxy
             _APPLIED.append(name)
     _patch_rng_helpers()
-    _patch_tensor_type()
+    _patch_tensor_methods()
+    if version[:2] == (0, 12):
+        _patch_fp8_quantiser()
     return list(_APPLIED)
 
 
-def _patch_tensor_type() -> None:
+def _patch_tensor_methods() -> None:
     original = torch.Tensor.type
 
     def type_(self, dtype=None, non_blocking=False, **kwargs):
@@ -214,6 +219,26 @@ def _patch_tensor_type() -> None:
         return original(self, dtype, non_blocking, **kwargs)
 
     torch.Tensor.type = type_
+
+    original_cuda = torch.Tensor.cuda
+
+    def cuda(self, *args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("megatron.core"):
+            return self
+        return original_cuda(self, *args, **kwargs)
+
+    torch.Tensor.cuda = cuda
+
+
+def _patch_fp8_quantiser() -> None:
+    distrib_optimizer = importlib.import_module("megatron.core.optimizer.distrib_optimizer")
+    original = distrib_optimizer.quantize_param_shard
+
+    def quantize_param_shard(model_params, *args, **kwargs):
+        if len(model_params):
+            original(model_params, *args, **kwargs)
+
+    distrib_optimizer.quantize_param_shard = quantize_param_shard
 
 
 def _patch_rng_helpers() -> None:

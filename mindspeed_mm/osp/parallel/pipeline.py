@@ -109,8 +109,8 @@ def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=No
         chunk = getattr(chunk, "module", chunk)  # megatron DDP wraps chunks for training
         inputs = next(data_iterator)
         out = run_chunk(chunk, inputs, schemas, capacity)
-        if not chunk.last or loss_fn is None:
-            return out, None
+        if loss_fn is None:  # keep the output (megatron's "non-loss data"; 0.12 needs a callable here)
+            return out, lambda output, non_loss_data=True: output
         return out, lambda output: loss_fn(output, inputs)
 
     layout = pmodel.layout
@@ -120,7 +120,7 @@ def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=No
               data_iterator=iterators if len(iterators) > 1 else iterators[0],
               model=list(pmodel.chunks) if len(pmodel.chunks) > 1 else pmodel.chunks[0],
               num_microbatches=len(microbatches), seq_length=capacity * layout.sequence_shards,
-              micro_batch_size=1, forward_only=forward_only), schemas
+              micro_batch_size=1, forward_only=forward_only, collect_non_loss_data=loss_fn is None), schemas
 
 
 def forward(pmodel, num_microbatches: int = 1, **inputs) -> torch.Tensor:

@@ -74,7 +74,10 @@ def _get(model, name):
 
 def _set(model, name, module):
     parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+    owner = model.get_submodule(parent) if parent else model
+    if isinstance(getattr(owner, child), torch.nn.Parameter):
+        delattr(owner, child)  # a parameter slot cannot hold a module
+    setattr(owner, child, module)
 
 
 def chunk_ranges(num_blocks: int, layout) -> List[tuple]:

@@ -1,13 +1,12 @@
-"""Ulysses context parallel: all-to-all over megatron's CP group around a model's attention core.
+"""Ulysses context parallel: the all-to-alls over megatron's CP group.
 
-`parallelize` hooks these around each planned core: it receives q/k/v (and, for joint attention, the text q/k/v) in S-B-H layout with this rank's
-sequence chunk and all of its (TP-local) heads; the all-to-all hands it the whole sequence with 1/CP of the heads,
-so RoPE, qk-norm, Skiparse and masks inside the core see full sequences. Its outputs go back the same way.
+`parallelize` hooks `sequence_to_heads` onto the outputs of the q/k/v projections (this rank's sequence chunk,
+all of its TP-local heads -> the whole sequence, 1/CP of the heads) and `heads_to_sequence` onto the inputs of
+the output projections, so RoPE, qk-norm, Skiparse and masks in between see whole sequences.
 """
 from __future__ import annotations
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import all_to_all
 
 

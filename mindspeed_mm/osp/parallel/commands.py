@@ -1,0 +1,84 @@
+"""`osp reshard`: re-cut a Megatron tensor-parallel checkpoint (or an official state dict) for another TP size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+MODELS = {"v13": ("mindspeed_mm.osp.dit.osp13", "OSP13DiT", "osp13_tiny"),
+          "v15": ("mindspeed_mm.osp.dit.suv", "SUVDiT", "osp15_suv_tiny")}
+
+
+def plan_for_version(version: str):
+    """The split rules of a model family (they do not depend on the model size)."""
+    import importlib
+    from mindspeed_mm.osp.parallel.plan import plan_for
+    module, cls, preset = MODELS[version]
+    return plan_for(getattr(importlib.import_module(module), cls).from_preset(preset, device="meta"))
+
+
+def _reshard(args) -> int:
+    import torch
+    from mindspeed_mm.osp.parallel import convert
+    plan = plan_for_version(args.model)
+    src = Path(args.src)
+    if src.is_dir():
+        state_dict = convert.load_megatron(src, plan)
+    else:
+        obj = torch.load(src, map_location="cpu", weights_only=True)
+        state_dict = obj.get("model", obj) if isinstance(obj, dict) else obj
+    convert.save_megatron(state_dict, plan, args.tp, args.dst)
+    print(f"wrote {args.dst}: {len(state_dict)} tensors in {args.tp} tensor-parallel shards")
+    return 0
+
+
+PRESETS = {"osp15_suv_8b": ("v15", (8, 8, 8), 512), "osp13_t2v_2b": ("v13", (4, 8, 8), 512)}
+
+
+def _plan(args) -> int:
+    import importlib
+    from mindspeed_mm.osp.parallel import memory
+    from mindspeed_mm.osp.parallel.layout import Layout
+    from mindspeed_mm.osp.parallel.plan import plan_for
+    version, vae, text = PRESETS[args.preset]
+    module, cls, _ = MODELS[version]
+    model = getattr(importlib.import_module(module), cls).from_preset(args.preset, device="meta")
+    plan = plan_for(model)
+    Layout(args.tp, args.pp, args.cp, args.tp > 1).check_model(heads=plan.heads(model),
+                                                                layers=len(plan.blocks(model)))
+    tokens = memory.latent_tokens(args.frames, args.height, args.width, vae=vae)
+    hidden = model.config.hidden_size
+    est = memory.estimate(model, plan, tp=args.tp, pp=args.pp, cp=args.cp, dp=args.dp, tokens=tokens,
+                          text_tokens=text, hidden=hidden, micro_batch=args.micro_batch, recompute=args.recompute)
+    print(f"{args.preset}: {est.params_total:,} parameters; layout TP{args.tp} PP{args.pp} CP{args.cp} DP{args.dp} "
+          f"(world {args.tp * args.pp * args.cp * args.dp}), SP on with TP>1, distributed optimizer")
+    print(f"input {args.frames}x{args.height}x{args.width}: {tokens:,} video tokens + {text} text tokens, "
+          f"micro-batch {args.micro_batch}, recompute {args.recompute}")
+    print(f"per rank (most loaded stage): {est.params_rank:,} parameters")
+    for name, value in (("weights (bf16)", est.weights_gib), ("gradients (fp32)", est.grads_gib),
+                        ("optimizer (fp32 master + Adam, /DP)", est.optimizer_gib),
+                        ("activations (estimate)", est.activations_gib),
+                        ("reserved (framework, buffers)", memory.RESERVED_GIB)):
+        print(f"  {name:<38} {value:8.1f} GiB")
+    print(f"  {'total':<38} {est.total_gib:8.1f} GiB")
+    for device, gb in memory.DEVICES.items():
+        cap = gb * 1e9 / memory.GIB
+        print(f"  {device}: {'fits' if est.total_gib <= cap else 'does NOT fit'} ({cap:.1f} GiB)")
+    return 0
+
+
+def register(subparsers) -> None:
+    q = subparsers.add_parser("plan", help="per-rank memory estimate of a parallel training layout")
+    q.add_argument("--preset", choices=sorted(PRESETS), default="osp15_suv_8b")
+    for flag, default in (("--tp", 1), ("--pp", 1), ("--cp", 1), ("--dp", 1), ("--micro-batch", 1)):
+        q.add_argument(flag, type=int, default=default)
+    q.add_argument("--frames", type=int, default=121)
+    q.add_argument("--height", type=int, default=576)
+    q.add_argument("--width", type=int, default=1024)
+    q.add_argument("--recompute", choices=("full", "none"), default="full")
+    q.set_defaults(func=_plan)
+
+    p = subparsers.add_parser("reshard", help="re-cut a Megatron TP checkpoint (mp_rank_XX) for another TP size")
+    p.add_argument("src", help="Megatron checkpoint folder (release/mp_rank_XX) or an official .pt state dict")
+    p.add_argument("dst", help="new output folder (must not exist or be empty)")
+    p.add_argument("--tp", type=int, required=True, help="tensor-parallel size to write")
+    p.add_argument("--model", choices=sorted(MODELS), default="v15", help="model family (its split rules)")
+    p.set_defaults(func=_reshard)
