@@ -1,0 +1,1 @@
+"""Checkpoint converters between official layouts and ours (`osp convert <model> ...`)."""

@@ -1,0 +1,170 @@
+"""WF-VAE checkpoints: official layouts <-> ours (config.json + model.safetensors), tensors copied bit-exactly.
+
+Official input: a checkpoint file (.ckpt/.pt/.pth/.bin/.safetensors, training dict or bare state dict, any
+released form) or a directory with config.json and one checkpoint file. Official output: a directory with the
+official config.json and `merged.ckpt` = {"ema_state_dict": sd, "state_dict": {"gen_model": sd}} (sharing
+storage), or just the checkpoint when DST ends in .ckpt/.pt/.safetensors. Haar filters are never written
+(the official loader builds them and loads with strict=False).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+NAME = "wfvae"
+HELP = "WF-VAE: official checkpoint <-> mindspeed_mm.osp layout (bit-exact)"
+OFFICIAL_CHECKPOINT_NAME = "merged.ckpt"
+FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+
+
+def _check_target(dst: Path, overwrite: bool) -> None:
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def read_official(src: str | os.PathLike, config: Optional[dict] = None, weights_only: bool = True):
+    """(WFVAEConfig, state dict with official names, Haar filters dropped, dtypes untouched)."""
+    from mindspeed_mm.osp.vae.checkpoint import (find_checkpoint_in_dir, infer_config, load_checkpoint_file,
+                                                 normalize_official_keys, unwrap_state_dict)
+    from mindspeed_mm.osp.vae.config import WFVAEConfig
+    src = Path(src)
+    if src.is_dir():
+        if config is None and (src / "config.json").is_file():
+            config = json.loads((src / "config.json").read_text())
+        ckpt = find_checkpoint_in_dir(src)
+        if ckpt is None:
+            raise ValueError(f"no checkpoint file ({', '.join(FILE_SUFFIXES)}) in {src}")
+        src = ckpt
+    elif config is None and (src.parent / "config.json").is_file():
+        config = json.loads((src.parent / "config.json").read_text())
+    weights, extras = normalize_official_keys(unwrap_state_dict(load_checkpoint_file(src, weights_only)))
+    config = dict(config or {})
+    for name, buf in extras.items():
+        config.setdefault(name, buf.flatten().tolist())
+    cfg = WFVAEConfig.from_official(config, inferred=infer_config(weights))
+    _check_keys(cfg, weights)
+    return cfg, weights
+
+
+def _check_keys(cfg, weights) -> None:
+    """Strict key and shape check against the architecture (built on the meta device, no memory)."""
+    import torch
+
+    from mindspeed_mm.osp.vae.model import WFVAE
+    with torch.device("meta"):
+        model = WFVAE(cfg)
+    model.load_weights({k: v.to("meta") for k, v in weights.items()})
+
+
+def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = None, weights_only: bool = True) -> Path:
+    """Official checkpoint -> our directory (config.json + model.safetensors)."""
+    from safetensors.torch import save_file
+
+    from mindspeed_mm.osp.vae.model import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE
+    dst = Path(dst)
+    _check_target(dst, overwrite)
+    cfg, weights = read_official(src, config, weights_only)
+    meta = {"format": FORMAT_NAME, "config": cfg.to_dict(), "official_config": cfg.to_official()}
+    tensors = {k: v.contiguous() for k, v in weights.items()}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    _replace_dir(dst, write)
+    return dst
+
+
+def osp_to_official(src, dst, overwrite: bool = False) -> Path:
+    """Our directory -> official directory (config.json + merged.ckpt) or a single checkpoint file."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mindspeed_mm.osp.vae.config import WFVAEConfig
+    from mindspeed_mm.osp.vae.model import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE
+    src, dst = Path(src), Path(dst)
+    meta = json.loads((src / CONFIG_FILE).read_text()) if (src / CONFIG_FILE).is_file() else {}
+    if meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{src} is not a mindspeed_mm.osp WF-VAE directory (config.json with format {FORMAT_NAME!r})")
+    cfg = WFVAEConfig.from_dict(meta["config"])
+    weights = load_file(str(src / WEIGHTS_FILE))
+    _check_keys(cfg, weights)
+    _check_target(dst, overwrite)
+    if dst.suffix in FILE_SUFFIXES:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            if dst.suffix == ".safetensors":
+                save_file(weights, tmp)
+            else:
+                torch.save({"ema_state_dict": weights, "state_dict": {"gen_model": weights}}, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return dst
+
+    def write(tmp: Path) -> None:
+        torch.save({"ema_state_dict": weights, "state_dict": {"gen_model": weights}}, tmp / OFFICIAL_CHECKPOINT_NAME)
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_official(), indent=1) + "\n")
+    _replace_dir(dst, write)
+    return dst
+
+
+def _replace_dir(dst: Path, write) -> None:
+    """Write a directory's files into a temporary sibling, then move it into place."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old."))
+            os.replace(dst, old / dst.name)
+            os.replace(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--to", required=True, choices=("osp", "official"),
+                        help="osp: official -> ours; official: ours -> official")
+    parser.add_argument("src", help="source checkpoint file or directory")
+    parser.add_argument("dst", help="output directory (or, with --to official, a .ckpt/.pt/.safetensors file)")
+    parser.add_argument("--config", help="official config.json to use (default: SRC's or the one beside it; "
+                                         "shape-derived fields are inferred from the weights)")
+    parser.add_argument("--unsafe-pickle", action="store_true",
+                        help="load torch pickles with weights_only=False (only for checkpoints you trust)")
+
+
+def run(args) -> int:
+    import sys
+    try:
+        return _run(args)
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"osp convert wfvae: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    if args.to == "osp":
+        config = json.loads(Path(args.config).read_text()) if args.config else None
+        out = official_to_osp(args.src, args.dst, overwrite=args.overwrite, config=config,
+                              weights_only=not args.unsafe_pickle)
+    else:
+        if args.config:
+            raise SystemExit("--config applies to --to osp only")
+        out = osp_to_official(args.src, args.dst, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0

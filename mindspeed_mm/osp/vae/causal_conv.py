@@ -1,0 +1,114 @@
+"""Time-causal convolutions with explicit streaming state, per-frame 2-D convs, and stream alignment.
+
+Every temporal module here processes a clip either whole or as consecutive chunks; the streaming state
+(`reset_stream()` clears it) makes the chunked output identical to the whole-clip output for any chunk size.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d whose time axis is padded on the left with `kt - 1` copies of the first frame (no look-ahead).
+
+    Spatial padding is zero padding as given; temporal padding of `nn.Conv3d` is always 0. In streaming use
+    the not-yet-consumed input frames (at most `kt - 1 + st - 1`) are kept between calls. Keys: `conv.weight/bias`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
+        super().__init__()
+        k, s, p = _triple(kernel_size), _triple(stride), _triple(padding)
+        self.conv = nn.Conv3d(in_channels, out_channels, k, stride=s, padding=(0, p[1], p[2]), bias=bias)
+        self._pending: Optional[torch.Tensor] = None
+
+    def reset_stream(self) -> None:
+        self._pending = None
+
+    def _empty_output(self, x: torch.Tensor) -> torch.Tensor:
+        (_, kh, kw), (_, sh, sw), (_, ph, pw) = self.conv.kernel_size, self.conv.stride, self.conv.padding
+        h = (x.shape[3] + 2 * ph - kh) // sh + 1
+        w = (x.shape[4] + 2 * pw - kw) // sw + 1
+        return x.new_zeros(x.shape[0], self.conv.out_channels, 0, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kt, st = self.conv.kernel_size[0], self.conv.stride[0]
+        if self._pending is None:
+            if x.shape[2] == 0:
+                return self._empty_output(x)
+            if kt > 1:
+                x = torch.cat([x[:, :, :1]] * (kt - 1) + [x], dim=2)
+        elif self._pending.shape[2]:
+            x = torch.cat([self._pending, x], dim=2)
+        n = x.shape[2]
+        n_out = (n - kt) // st + 1 if n >= kt else 0
+        self._pending = x[:, :, n_out * st:].clone()
+        if n_out == 0:
+            return self._empty_output(x)
+        return self._conv(x[:, :, : (n_out - 1) * st + kt])
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        # PyTorch's CPU heuristic sends conv3d inputs with small B*C*T*H (short chunks, narrow layers) to an
+        # im2col kernel that is several times slower and allocates a large column buffer; oneDNN is used
+        # directly for float32 CPU inference instead (same result up to float rounding).
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and torch.backends.mkldnn.is_available()):
+            c = self.conv
+            return torch.ops.aten.mkldnn_convolution(x.contiguous(), c.weight, c.bias, list(c.padding),
+                                                     list(c.stride), list(c.dilation), c.groups)
+        return self.conv(x)
+
+
+class FrameConv2d(nn.Conv2d):
+    """nn.Conv2d applied to every frame of a (B, C, T, H, W) tensor. Keys: `weight`, `bias`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return per_frame(super().forward, x)
+
+
+def per_frame(fn, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 4-D (N, C, H, W) function to each frame of a 5-D (B, C, T, H, W) tensor."""
+    b, c, t, h, w = x.shape
+    if t == 0:
+        probe = fn(x.new_zeros(1, c, h, w))
+        return probe.new_zeros(b, probe.shape[1], 0, probe.shape[2], probe.shape[3])
+    y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))
+    return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+
+
+class FrameAligner(nn.Module):
+    """Pairs two frame streams that advance at different speeds: returns the frames both sides have.
+
+    Frames one side produced ahead of the other are kept until the other side catches up. In a whole-clip
+    call both sides have the same length, so nothing is kept.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._pending: list[Optional[torch.Tensor]] = [None, None]
+
+    def reset_stream(self) -> None:
+        self._pending = [None, None]
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        streams = []
+        for i, x in enumerate((a, b)):
+            if self._pending[i] is not None:
+                x = torch.cat([self._pending[i], x], dim=2)
+            streams.append(x)
+        n = min(s.shape[2] for s in streams)
+        self._pending = [s[:, :, n:].clone() if s.shape[2] > n else None for s in streams]
+        return streams[0][:, :, :n], streams[1][:, :, :n]
+
+
+def reset_streams(module: nn.Module) -> None:
+    """Clear the streaming state of every submodule (start of a new clip)."""
+    for m in module.modules():
+        if m is not module and hasattr(m, "reset_stream"):
+            m.reset_stream()
