@@ -130,6 +130,29 @@ def check_keys(expected: Mapping[str, tuple], state_dict: Mapping[str, Any]) -> 
                          ". Check that the config belongs to this checkpoint (see specs: config can be inferred from shapes).")
 
 
+FORMAT_NAME = "mindspeed_mm.osp.wfvae"  # the `format` field of our config.json (shared with the PyTorch model)
+
+
+def official_config_from_json(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Official constructor dict from our config.json (`{"format", "config", "official_config"}`) or from a
+    released (official) config.json."""
+    if config.get("format") != FORMAT_NAME:
+        return dict(config)
+    if "official_config" in config:
+        return dict(config["official_config"])
+    from mindspeed_mm.osp.vae.config import WFVAEConfig as TorchSideConfig
+
+    return TorchSideConfig.from_dict(config["config"]).to_official()
+
+
+def pretrained_json(official: Mapping[str, Any]) -> Dict[str, Any]:
+    """Our config.json content for an official constructor dict (readable by both the PyTorch and MindSpore model)."""
+    from mindspeed_mm.osp.vae.config import WFVAEConfig as TorchSideConfig
+
+    return {"format": FORMAT_NAME, "config": TorchSideConfig.from_official(dict(official)).to_dict(),
+            "official_config": dict(official)}
+
+
 def read_pretrained(path: str):
     """(official config dict, numpy state dict) from a folder with `config.json` + `model.safetensors`."""
     from safetensors.numpy import load_file
@@ -140,7 +163,7 @@ def read_pretrained(path: str):
             raise FileNotFoundError(f"{p} not found: a WF-VAE folder holds config.json (official constructor dict) and "
                                     "model.safetensors (official key names); `osp convert` writes this layout.")
     with open(cfg_path, encoding="utf-8") as f:
-        config = json.load(f)
+        config = official_config_from_json(json.load(f))
     try:
         weights = load_file(w_path)
     except (TypeError, ValueError):  # bfloat16 has no numpy dtype: read through torch and upcast

@@ -21,6 +21,11 @@ HAAR_3D = 0.3536  # the official literal (not 1/(2*sqrt 2)); forward∘inverse =
 HAAR_2D = 0.5
 
 
+def cast(x, dtype):
+    """`x.astype(dtype)` that adds no op when the dtype already matches (fewer graph nodes to compile)."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 def silu(x):
     return x * ops.sigmoid(x)
 
@@ -47,11 +52,11 @@ def _lerp2x(x, axis: int, left=None):
     replicate), x[n] is the edge. Works in float32 for accuracy and casts back.
     """
     dtype = x.dtype
-    x = x.astype(ms.float32)
+    x = cast(x, ms.float32)
     n = x.shape[axis]
     first = ops.narrow(x, axis, 0, 1)
     last = ops.narrow(x, axis, n - 1, 1)
-    left = first if left is None else left.astype(ms.float32)
+    left = first if left is None else cast(left, ms.float32)
     if n == 1:
         prev, nxt = left, last
     else:
@@ -61,7 +66,7 @@ def _lerp2x(x, axis: int, left=None):
     odd = 0.75 * x + 0.25 * nxt
     y = ops.stack((even, odd), axis + 1)
     shape = x.shape[:axis] + (2 * n,) + x.shape[axis + 1:]
-    return y.reshape(shape).astype(dtype)
+    return cast(y.reshape(shape), dtype)
 
 
 def _nearest2x(x, axis: int):
@@ -112,14 +117,14 @@ class HaarWavelet3D(nn.Cell):
 
     def construct(self, x, first=True):
         dtype = x.dtype
-        x = x.astype(ms.float32)
+        x = cast(x, ms.float32)
         if first:
             x = ops.cat((x[:, :, :1], x), 2)
         b, c, t, h, w = x.shape  # t is even: callers check chunk lengths
         y = x.reshape(b, c, t // 2, 2, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 6, 3, 5, 7)
         y = ops.matmul(y.reshape(b, c, t // 2, h // 2, w // 2, 8), self.band_t)
         y = y.transpose(0, 5, 1, 2, 3, 4).reshape(b, 8 * c, t // 2, h // 2, w // 2)
-        return y.astype(dtype)
+        return cast(y, dtype)
 
 
 class InverseHaarWavelet3D(nn.Cell):
@@ -131,7 +136,7 @@ class InverseHaarWavelet3D(nn.Cell):
 
     def construct(self, x, first=True):
         dtype = x.dtype
-        x = x.astype(ms.float32)
+        x = cast(x, ms.float32)
         b, c8, t, h, w = x.shape
         c = c8 // 8
         y = x.reshape(b, 8, c, t, h, w).transpose(0, 2, 3, 4, 5, 1)
@@ -139,7 +144,7 @@ class InverseHaarWavelet3D(nn.Cell):
         y = y.transpose(0, 1, 2, 5, 3, 6, 4, 7).reshape(b, c, 2 * t, 2 * h, 2 * w)
         if first:
             y = y[:, :, 1:]
-        return y.astype(dtype)
+        return cast(y, dtype)
 
 
 class HaarWavelet2D(nn.Cell):
@@ -151,12 +156,12 @@ class HaarWavelet2D(nn.Cell):
 
     def construct(self, x, first=True):
         dtype = x.dtype
-        x = x.astype(ms.float32)
+        x = cast(x, ms.float32)
         b, c, t, h, w = x.shape
         y = x.reshape(b, c, t, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 3, 5, 4, 6)
         y = ops.matmul(y.reshape(b, c, t, h // 2, w // 2, 4), self.band_t)
         y = y.transpose(0, 5, 1, 2, 3, 4).reshape(b, 4 * c, t, h // 2, w // 2)
-        return y.astype(dtype)
+        return cast(y, dtype)
 
 
 class InverseHaarWavelet2D(nn.Cell):
@@ -166,13 +171,13 @@ class InverseHaarWavelet2D(nn.Cell):
 
     def construct(self, x, first=True):
         dtype = x.dtype
-        x = x.astype(ms.float32)
+        x = cast(x, ms.float32)
         b, c4, t, h, w = x.shape
         c = c4 // 4
         y = x.reshape(b, 4, c, t, h, w).transpose(0, 2, 3, 4, 5, 1)
         y = ops.matmul(y, self.band).reshape(b, c, t, h, w, 2, 2)
         y = y.transpose(0, 1, 2, 3, 5, 4, 6).reshape(b, c, t, 2 * h, 2 * w)
-        return y.astype(dtype)
+        return cast(y, dtype)
 
 
 class LayerNorm(nn.Cell):
@@ -188,8 +193,8 @@ class LayerNorm(nn.Cell):
         self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
     def construct(self, x):
-        y, _, _ = self.layer_norm(x.astype(ms.float32), self.weight.astype(ms.float32), self.bias.astype(ms.float32))
-        return y.astype(x.dtype)
+        y, _, _ = self.layer_norm(cast(x, ms.float32), self.weight, self.bias)
+        return cast(y, x.dtype)
 
 
 class ChannelNorm(nn.Cell):
@@ -347,8 +352,8 @@ class AttnBlock3DFix(nn.Cell):
         q = q.transpose(0, 2, 3, 4, 1).reshape(b * t, hh * ww, c)
         k = k.transpose(0, 2, 3, 4, 1).reshape(b * t, hh * ww, c)
         v = v.transpose(0, 2, 3, 4, 1).reshape(b * t, hh * ww, c)
-        scores = ops.bmm(q, k.transpose(0, 2, 1)).astype(ms.float32) * self.scale
-        attn = ops.softmax(scores, -1).astype(v.dtype)
+        scores = cast(ops.bmm(q, k.transpose(0, 2, 1)), ms.float32) * self.scale
+        attn = cast(ops.softmax(scores, -1), v.dtype)
         h = ops.bmm(attn, v).reshape(b, t, hh, ww, c).transpose(0, 4, 1, 2, 3)
         h, _ = self.proj_out(h)
         return x + h, ()

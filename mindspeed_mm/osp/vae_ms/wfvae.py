@@ -17,7 +17,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .config import WFVAEConfig, check_keys, read_pretrained, to_numpy, unwrap_official_state_dict
+from .config import (WFVAEConfig, check_keys, pretrained_json, read_pretrained, to_numpy,
+                     unwrap_official_state_dict)
 from .model import Decoder, Encoder
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -119,6 +120,26 @@ class WFVAE(nn.Cell):
         config, weights = read_pretrained(path)
         return cls.from_official(config, weights, dtype)
 
+    def save_pretrained(self, directory: str, overwrite: bool = False) -> str:
+        """Write `config.json` + `model.safetensors` (official names, float32), each atomically; the PyTorch
+        `WFVAE.from_pretrained` reads the same folder."""
+        import json
+        import os
+
+        from safetensors.numpy import save_file
+
+        paths = [os.path.join(directory, n) for n in ("config.json", "model.safetensors")]
+        if any(os.path.exists(p) for p in paths) and not overwrite:
+            raise FileExistsError(f"{directory} already holds a model; pass overwrite=True to replace it")
+        os.makedirs(directory, exist_ok=True)
+        tmp = [f"{p}.tmp{os.getpid()}" for p in paths]
+        with open(tmp[0], "w", encoding="utf-8") as f:
+            json.dump(pretrained_json(self.config.to_official()), f, indent=1)
+        save_file(self.official_state_dict(), tmp[1], metadata={"format": "pt"})
+        for t, p in zip(tmp, paths):
+            os.replace(t, p)
+        return directory
+
     def expected_shapes(self) -> Dict[str, Tuple[int, ...]]:
         return {p.name: tuple(p.shape) for p in self.get_parameters()}
 
@@ -153,6 +174,8 @@ class WFVAE(nn.Cell):
         step = self._steps.get(key)
         if step is None:
             step = self._steps[key] = _Step(net, kind, lookahead)
+        if cache is not None:
+            cache = ms.mutable(tuple(cache))  # graph inputs, not constants (else every chunk would recompile)
         shape_key = f"{'encode' if key[0] else 'decode'}/{kind}{'+la' if lookahead else ''}{tuple(x.shape)}"
         if shape_key in self.compile_stats.first_call_s:
             return step(x, cache)
