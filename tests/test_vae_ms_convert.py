@@ -60,6 +60,11 @@ def test_folder_interchange_with_pytorch_model(tmp_path):
     _equal_params(WFVAE.from_pretrained(str(tmp_path / "torch")), weights)
     del torch
 
+    from mindspeed_mm.osp.cli import main
+    assert main(["convert", "mindspore", str(tmp_path / "torch"), str(tmp_path / "ckpt")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.ckpt"]
+    _equal_params(WFVAE.from_pretrained(str(tmp_path / "ckpt")), weights)  # strict .ckpt load
+
 
 def test_safetensors_ckpt_round_trip_bit_exact(tmp_path):
     torch = pytest.importorskip("torch")

@@ -125,3 +125,30 @@ def wfvae_to_ckpt(pretrained_dir: str, dst: str, overwrite: bool = False) -> Tup
         shutil.copyfile(os.path.join(pretrained_dir, "config.json"), cfg + ".tmp")
         os.replace(cfg + ".tmp", cfg)
     return cfg, ckpt
+
+
+# ------------------------------------------------------------------------------------------ `osp convert mindspore`
+NAME = "mindspore"
+HELP = "torch safetensors <-> MindSpore .ckpt (bit-exact; a WF-VAE folder -> folder with model.ckpt)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("src", help="a .safetensors file, a .ckpt file, or a WF-VAE folder (config.json + model.safetensors)")
+    parser.add_argument("dst", help="target: .ckpt for a .safetensors SRC, .safetensors for a .ckpt SRC, a folder for a folder")
+
+
+def run(args) -> int:
+    src, dst, overwrite = args.src, args.dst, getattr(args, "overwrite", False)
+    if os.path.isdir(src):
+        cfg, ckpt = wfvae_to_ckpt(src, dst, overwrite=overwrite)
+        print(f"wrote {cfg} and {ckpt}")
+    elif src.endswith(".safetensors") and dst.endswith(".ckpt"):
+        safetensors_to_ckpt(src, dst, overwrite=overwrite)
+        print(f"wrote {dst}")
+    elif src.endswith(".ckpt") and dst.endswith(".safetensors"):
+        ckpt_to_safetensors(src, dst, overwrite=overwrite)
+        print(f"wrote {dst}")
+    else:
+        raise SystemExit(f"osp convert mindspore: cannot convert {src!r} to {dst!r}; use .safetensors -> .ckpt, "
+                         ".ckpt -> .safetensors, or a WF-VAE folder -> a folder")
+    return 0

@@ -17,8 +17,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .config import (WFVAEConfig, check_keys, pretrained_json, read_pretrained, to_numpy,
-                     unwrap_official_state_dict)
+from .config import (WFVAEConfig, check_keys, is_fixed_filter_key, official_config_from_json, pretrained_json,
+                     read_pretrained, to_numpy, unwrap_official_state_dict)
 from .model import Decoder, Encoder
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -116,7 +116,19 @@ class WFVAE(nn.Cell):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype=ms.float32) -> "WFVAE":
-        """Load our layout: `path/config.json` (official constructor dict) + `path/model.safetensors`."""
+        """Load our layout: `path/config.json` + `path/model.safetensors` (shared with the PyTorch model), or
+        `path/config.json` + `path/model.ckpt` (written by `osp convert mindspore`), loaded strictly."""
+        import json
+        import os
+
+        ckpt = os.path.join(path, "model.ckpt")
+        if os.path.isfile(ckpt) and not os.path.isfile(os.path.join(path, "model.safetensors")):
+            from mindspeed_mm.osp.convert.mindspore import load_into_net
+
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+                model = cls(WFVAEConfig.from_official(official_config_from_json(json.load(f))), dtype)
+            load_into_net(model, ckpt, ignore=is_fixed_filter_key)
+            return model
         config, weights = read_pretrained(path)
         return cls.from_official(config, weights, dtype)
 
