@@ -119,13 +119,23 @@ def extract_shard(videos: Sequence[str], out_dir: str, encode: Callable[[np.ndar
 
 
 def distributed_rank_world() -> Tuple[int, int]:
-    """(rank, world) from MindSpore's communication init under msrun; (0, 1) when not launched distributed."""
+    """(rank, world) from MindSpore's communication init under msrun; (0, 1) when not launched distributed.
+
+    If the collective runtime cannot start (sharding needs no communication), msrun's RANK_ID / MS_WORKER_NUM
+    are used instead, with a note."""
     if not any(k in os.environ for k in ("MS_WORKER_NUM", "MS_ROLE", "RANK_SIZE")):
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init
 
-    init()
-    return get_rank(), get_group_size()
+    try:
+        init()
+        return get_rank(), get_group_size()
+    except Exception as e:  # noqa: BLE001 - any runtime failure: fall back to the launcher's variables
+        rank = int(os.environ.get("RANK_ID", os.environ.get("MS_NODE_ID", "0")))
+        world = int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")))
+        print(f"[extract] mindspore.communication.init() failed ({type(e).__name__}: {e}); "
+              f"using RANK_ID={rank}, MS_WORKER_NUM={world} from the launcher", flush=True)
+        return rank, world
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
