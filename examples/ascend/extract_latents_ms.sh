@@ -2,7 +2,8 @@
 # Data-parallel WF-VAE latent extraction with MindSpore (msrun, one worker per NPU).
 # Usage: MODEL=/path/wfvae VIDEOS=list.txt OUT=latents/ bash examples/ascend/extract_latents_ms.sh [extra args]
 # Extra args go to `python -m mindspeed_mm.osp.vae_ms.extract` (--num-frames, --resolution, --chunk-frames, --dtype ...).
-# Reruns skip finished videos. CPU smoke run: DEVICE_TARGET=CPU NPUS_PER_NODE=2 (see docs/vae_mindspore.md).
+# Reruns skip finished videos. msrun launches `python` from PATH (activate the env). CPU smoke run:
+# DEVICE_TARGET=CPU NPUS_PER_NODE=2 ... --pynative (see docs/vae_mindspore.md).
 set -euo pipefail
 
 NPUS_PER_NODE=${NPUS_PER_NODE:-8}
