@@ -10,6 +10,7 @@ import importlib
 
 CONVERTER_MODULES = (
     "mindspeed_mm.osp.convert.wfvae",
+    "mindspeed_mm.osp.convert.mindspore",
 )
 
 
