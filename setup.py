@@ -23,10 +23,12 @@ EXTRAS = {
     # PyAV first; decord (fast, what Open-Sora Plan uses) and OpenCV are picked up when installed.
     "video": ["av>=11", "opencv-python-headless>=4.8"],
     "megatron": ["megatron-core>=0.12.1,<0.17"],
-    "text": ["transformers>=4.40", "sentencepiece"],
+    "text": ["transformers>=4.40", "tokenizers", "sentencepiece"],
+    # `osp sample`: the v1.3 sampler is diffusers' Euler-ancestral scheduler; images via Pillow.
+    "sample": ["diffusers>=0.30", "transformers>=4.40", "tokenizers", "sentencepiece", "pillow", "av>=11"],
+    "triton": ["triton>=3.0"],
     # MindSpore 2.10 breaks in PyNative with numpy 2.x (shared specs, ascend.md A2): pin numpy < 2 with it.
     "mindspore": ["mindspore>=2.6,<2.11", "numpy<2"],
-    "diffusers": ["diffusers>=0.30"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

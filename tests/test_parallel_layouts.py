@@ -32,7 +32,9 @@ WEIGHT_TOL = 1e-4      # Adam divides by sqrt(v): tiny grad differences move wei
 
 # A second interpreter whose environment has another supported megatron-core (e.g. 0.12.1, the version
 # MindSpeed pins) runs a smaller set of cases with 2 processes.
-OTHER_MEGATRON_PYTHON = os.environ.get("OSP_MEGATRON_ALT_PYTHON")
+# tools/bootstrap_env.sh builds .venv-megatron012 (megatron-core 0.12.1 over the main venv); override with the env var.
+_BOOTSTRAPPED_ALT = ROOT / ".venv-megatron012" / "bin" / "python"
+OTHER_MEGATRON_PYTHON = os.environ.get("OSP_MEGATRON_ALT_PYTHON") or (str(_BOOTSTRAPPED_ALT) if _BOOTSTRAPPED_ALT.exists() else None)
 ALT_CASES = ["toy/tp2_sp", "toy/pp2_vpp2", "toy/cp2", "toy/train_tp2_sp", "toy/train_pp2", "toy/train_cp2"]
 
 

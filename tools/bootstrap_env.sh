@@ -8,10 +8,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${OSP_EXTRAS:-test,video,mindspore,megatron}
+EXTRAS=${OSP_EXTRAS:-test,video,mindspore,megatron,sample}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip >/dev/null 2>&1 || true
 pip install -q "torch==${OSP_TORCH_VERSION:-2.13.0}" "numpy<2"
 pip install -q -e ".[${EXTRAS}]"
+# A second megatron-core (0.12.1, what MindSpeed pins) layered over .venv, so the parallel suite also runs
+# against it (tests/test_parallel_layouts.py picks up .venv-megatron012). OSP_MEGATRON_ALT=none skips it.
+ALT=${OSP_MEGATRON_ALT:-0.12.1}
+if [ "$ALT" != none ]; then
+  [ -x .venv-megatron012/bin/python ] || "$PY" -m venv .venv-megatron012
+  base_site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  alt_site=$(.venv-megatron012/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  echo "$base_site" > "$alt_site/osp_base_venv.pth"
+  .venv-megatron012/bin/python -m pip install -q --no-deps "megatron-core==$ALT"
+fi
 python -c "import torch, numpy; print(f'osp env ready: torch {torch.__version__}, numpy {numpy.__version__}')"
