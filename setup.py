@@ -21,7 +21,8 @@ class BuildPyWithPth(build_py):
 EXTRAS = {
     "test": ["pytest>=7"],
     # PyAV first; decord (fast, what Open-Sora Plan uses) and OpenCV are picked up when installed.
-    "video": ["av>=11", "opencv-python-headless>=4.8"],
+    "video": ["av>=11", "opencv-python-headless>=4.8",
+              'decord>=0.6; platform_machine == "x86_64" and python_version < "3.12"'],
     "megatron": ["megatron-core>=0.12.1,<0.17"],
     "text": ["transformers>=4.40", "tokenizers", "sentencepiece"],
     # `osp sample`: the v1.3 sampler is diffusers' Euler-ancestral scheduler; images via Pillow.

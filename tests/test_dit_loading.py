@@ -127,13 +127,19 @@ def test_megatron_tp_shards_are_refused_with_advice(tmp_path):
         from_pretrained(tmp_path, config=meta["config"])
 
 
-def test_megatron_training_checkpoint_needs_trust(tmp_path):
-    import argparse
+class TrainingState:
+    """Stands in for the Python objects of a Megatron training checkpoint (args, RNG states). Megatron adds
+    argparse.Namespace to torch's safe globals once imported, so the test uses a class nobody allowlists."""
 
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+
+def test_megatron_training_checkpoint_needs_trust(tmp_path):
     meta, weights, tensors = read_case("v15_suv")
     sd = dict(weights, **{"transformer_blocks.0.0.attn1.proj_q._extra_state": None})
     path = tmp_path / "model_optim_rng.pt"
-    torch.save({"model": sd, "args": argparse.Namespace(tensor_model_parallel_size=1), "iteration": 10}, path)
+    torch.save({"model": sd, "rng_state": TrainingState(10), "iteration": 10}, path)
     with pytest.raises(ValueError, match="trust_pickle=True"):
         from_pretrained(path, config=meta["config"])
     model = from_pretrained(path, config=meta["config"], trust_pickle=True)
