@@ -1,9 +1,22 @@
 """`osp plan`: a per-rank memory estimate for a parallel layout (parameters, gradients, optimizer, activations).
 
 Counting is exact for parameters (the preset is built on the meta device and split with the same plan as
-`parallelize`); activations are an estimate (Korthikanti et al. 2022, "Reducing activation recomputation"):
-without recompute a block keeps about 34 * s * b * h bytes (bf16, flash attention, SP divides by TP); with full
-recompute only each block's bf16 input (2 * s * b * h) plus one block's working set. s counts video + text tokens.
+`parallelize`). Activations count what autograd saves for backward in one block, by block type, with flash
+attention (no S x S matrix is kept; CPU SDPA, NPU FA and CUDA flash all save q, k, v, output and a per-row
+log-sum-exp). In units of tokens x hidden per block:
+
+- adaLN-modulated LayerNorm: 3 (its input, the normalised and the modulated tensor);
+- self-attention: 3 (q, k, v after RoPE) + 1 (attention output) + 1 (output projection, kept for the gate),
+  + 4 with per-head q/k RMSNorm (v1.5: q and k before and after the norm);
+- cross-attention (v1.3, query side only): 3 (its input, q, output);
+- feed-forward, GELU, mult 4: 1 (output, kept for the gate) + 2 * 4 (first linear's output and the GELU's).
+
+v1.3 blocks (video tokens): 8 + 3 + 3 + 9 = 23; v1.5 blocks (video + text tokens, joint attention, text FF):
+12 + 3 + 9 = 24; v1.5 long-skip merges keep 4 more each. With full recompute only each block's input stays (1)
+plus one block's saved set. On top, once: the backward working set of one block (10: output and residual
+gradients, FF hidden gradients), the output head (3, video tokens) and the RoPE tables (2 x head_dim wide).
+s counts the tokens a block processes; SP divides by TP, CP divides s. `benchmarks/plan_vs_measured.py`
+checks the figure against a measured CPU training step of the tiny presets (docs/parallel.md).
 """
 from __future__ import annotations
 
@@ -53,21 +66,67 @@ def rank_params(model, plan, tp: int, pp: int) -> tuple[int, int]:
     return total, max(load)
 
 
+# Bytes per parameter for weights, gradients and optimizer states (Adam m, v), by training precision.
+PRECISIONS = {
+    "bf16": (2, 4, 12),   # bf16 weights, fp32 gradient buffer, fp32 main weights + m + v
+    "fp32": (4, 4, 8),    # fp32 weights and gradients, m + v
+}
+ACTIVATION_BYTES = {"bf16": 2, "fp32": 4}
+
+
+FF_MULT = 4
+# One block in backward at a time: the gradients of its output and of the residual stream, and of the FF hidden
+# layer (before and after the GELU) while the FF backward runs.
+BACKWARD_WORKING = 2 + 2 * FF_MULT
+
+
+@dataclass
+class ActivationModel:
+    """Token x hidden tensors kept per token (see the module docstring)."""
+    block: float          # saved for backward by one block
+    joint: bool           # text tokens go through the blocks too (v1.5 joint attention)
+    head: float           # output head (LayerNorm input, normalised, modulated), video tokens
+    skip_merge: float     # v1.5 long-skip merge: concat (2) and its LayerNorm output (2), per decoder stage
+    skip_merges: int
+    rope_width: int       # cos and sin tables of the three axes, per token (shared by all blocks, not split)
+
+
+def activation_model(model) -> ActivationModel:
+    name = type(model).__name__
+    adaln, attention, cross, ff = 3, 3 + 1 + 1, 3, 1 + 2 * FF_MULT
+    cfg = model.config
+    if name == "OSP13DiT":
+        return ActivationModel(adaln + attention + cross + adaln + ff, False, 3, 0, 0, 2 * cfg.attention_head_dim)
+    if name == "SUVDiT":
+        merges = model.mid_stage if cfg.skip_connection else 0
+        return ActivationModel(adaln + attention + 4 + adaln + ff, True, 3, 4, merges, 2 * cfg.head_dim)
+    raise TypeError(f"no activation model for {name}; add one to memory.activation_model")
+
+
 def estimate(model, plan, *, tp, pp, cp, dp, tokens, text_tokens, hidden, micro_batch, recompute,
-             num_microbatches_in_flight=None) -> Estimate:
+             num_microbatches_in_flight=None, precision="bf16") -> Estimate:
+    """Per-rank memory; `precision` "bf16" (mixed precision with fp32 main weights) or "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
     total, local = rank_params(model, plan, tp, pp)
-    weights = 2 * local                      # bf16 model weights
-    grads = 4 * local                        # fp32 gradient buffer (accumulate/all-reduce in fp32)
-    optimizer = 12 * local / dp              # fp32 main weights + Adam m, v; sharded by the distributed optimizer
-    s = (tokens + text_tokens) / cp
-    layers = len(list(plan.blocks(model))) // pp
+    w_bytes, g_bytes, o_bytes = PRECISIONS[precision]
+    weights, grads = w_bytes * local, g_bytes * local
+    optimizer = o_bytes * local / dp          # sharded by the distributed optimizer
+    act = activation_model(model)
+    s = (tokens + (text_tokens if act.joint else 0)) / cp
+    all_layers = len(list(plan.blocks(model)))
+    layers = all_layers // pp
     in_flight = num_microbatches_in_flight or pp  # 1F1B keeps up to PP micro-batches on the first stage
-    block_working = 34 * s * micro_batch * hidden / tp
+    unit = ACTIVATION_BYTES[precision] * s * micro_batch * hidden / tp   # one token x hidden tensor
+    video_unit = unit * tokens / cp / s
+    working = BACKWARD_WORKING * unit + act.head * video_unit
+    working += ACTIVATION_BYTES[precision] * tokens / cp * micro_batch * act.rope_width
     if recompute == "full":
-        activations = in_flight * layers * 2 * s * micro_batch * hidden / tp + block_working
+        kept = in_flight * layers * unit + act.block * unit   # block inputs (x, and e for v1.5) + one block
     else:
-        activations = in_flight * layers * block_working
-    return Estimate(total, local, weights / GIB, grads / GIB, optimizer / GIB, activations / GIB)
+        merges = act.skip_merges * layers / all_layers
+        kept = in_flight * (layers * act.block + merges * act.skip_merge) * unit
+    return Estimate(total, local, weights / GIB, grads / GIB, optimizer / GIB, (kept + working) / GIB)
 
 
 def latent_tokens(frames: int, height: int, width: int, vae=(8, 8, 8), patch=(1, 2, 2)) -> int:
