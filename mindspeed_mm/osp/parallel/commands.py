@@ -47,14 +47,16 @@ def _plan(args) -> int:
     tokens = memory.latent_tokens(args.frames, args.height, args.width, vae=vae)
     hidden = model.config.hidden_size
     est = memory.estimate(model, plan, tp=args.tp, pp=args.pp, cp=args.cp, dp=args.dp, tokens=tokens,
-                          text_tokens=text, hidden=hidden, micro_batch=args.micro_batch, recompute=args.recompute)
+                          text_tokens=text, hidden=hidden, micro_batch=args.micro_batch, recompute=args.recompute,
+                          precision=args.precision)
     print(f"{args.preset}: {est.params_total:,} parameters; layout TP{args.tp} PP{args.pp} CP{args.cp} DP{args.dp} "
           f"(world {args.tp * args.pp * args.cp * args.dp}), SP on with TP>1, distributed optimizer")
     print(f"input {args.frames}x{args.height}x{args.width}: {tokens:,} video tokens + {text} text tokens, "
-          f"micro-batch {args.micro_batch}, recompute {args.recompute}")
+          f"micro-batch {args.micro_batch}, recompute {args.recompute}, precision {args.precision}")
     print(f"per rank (most loaded stage): {est.params_rank:,} parameters")
-    for name, value in (("weights (bf16)", est.weights_gib), ("gradients (fp32)", est.grads_gib),
-                        ("optimizer (fp32 master + Adam, /DP)", est.optimizer_gib),
+    optimizer = "fp32 master + Adam" if args.precision == "bf16" else "Adam m, v"
+    for name, value in ((f"weights ({args.precision})", est.weights_gib), ("gradients (fp32)", est.grads_gib),
+                        (f"optimizer ({optimizer}, /DP)", est.optimizer_gib),
                         ("activations (estimate)", est.activations_gib),
                         ("reserved (framework, buffers)", memory.RESERVED_GIB)):
         print(f"  {name:<38} {value:8.1f} GiB")
@@ -74,6 +76,8 @@ def register(subparsers) -> None:
     q.add_argument("--height", type=int, default=576)
     q.add_argument("--width", type=int, default=1024)
     q.add_argument("--recompute", choices=("full", "none"), default="full")
+    q.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="bf16: mixed precision with fp32 main weights; fp32: everything in fp32")
     q.set_defaults(func=_plan)
 
     p = subparsers.add_parser("reshard", help="re-cut a Megatron TP checkpoint (mp_rank_XX) for another TP size")
