@@ -14,6 +14,7 @@ import faulthandler
 import json
 import os
 import re
+import shutil
 import sys
 import traceback
 
@@ -124,6 +125,74 @@ def train_case(layout: str, build, inputs, steps: int = 3, lr=1e-3, wd=0.1, eps=
             "last_loss": ref_loss.item()}
 
 
+def _reference_losses(model, inputs, steps, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """Uninterrupted single-device AdamW: the loss of every step and the final weights."""
+    ref_opt = _reference_optimizer(model, lr, wd, eps)
+    losses = []
+    for _ in range(steps):
+        ref_opt.zero_grad()
+        loss = _loss(model(**inputs), inputs)
+        loss.backward()
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        ref_opt.step()
+        losses.append(loss.item())
+    return losses, model.state_dict()
+
+
+def _train_under(layout: str, model, inputs, steps: int, load_from=None, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    from megatron.core import parallel_state
+    parallel.initialize(**parse_layout(layout))
+    pmodel = parallel.parallelize(model)
+    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip)
+    iteration = parallel.load_checkpoint(pmodel, optimizer, load_from) if load_from else 0
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
+    micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
+    losses = [parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)[0]
+              for _ in range(steps)]
+    return pmodel, optimizer, iteration, losses
+
+
+def _adam_steps(optimizer) -> list:
+    """[smallest, largest] Adam step count over every parameter shard of every rank."""
+    inner = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])]
+    steps = [float(s["step"]) for o in inner for s in o.state.values()]
+    return [-max_across_ranks(-min(steps)), max_across_ranks(max(steps))]
+
+
+def resume_case(spec: str, build, inputs, root: str) -> dict:
+    """Train 2 steps under the first layout, save; for every other layout: load into a differently initialised
+    model, train 2 more steps. Losses must equal 4 uninterrupted single-device steps."""
+    save_layout, *load_layouts = spec.split("-")
+    torch.manual_seed(0)
+    model = build()
+    ref_losses, ref_sd = _reference_losses(copy.deepcopy(model), inputs, 4)
+    if torch.distributed.get_rank() == 0:
+        shutil.rmtree(root, ignore_errors=True)
+    torch.distributed.barrier()
+    pmodel, optimizer, _, first = _train_under(save_layout, copy.deepcopy(model), inputs, 2)
+    parallel.save_checkpoint(pmodel, optimizer, root, iteration=2)
+    try:
+        parallel.save_checkpoint(pmodel, optimizer, root, iteration=2)
+        overwrite_error = None
+    except FileExistsError as exc:
+        overwrite_error = str(exc)
+    result = {"first_loss_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(first, ref_losses))),
+              "overwrite_error": overwrite_error, "latest": open(os.path.join(root, "latest")).read().strip()}
+    for layout in load_layouts:
+        torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
+        pmodel, optimizer, iteration, losses = _train_under(layout, build(), inputs, 2, load_from=root)
+        sd = parallel.full_state_dict(pmodel)
+        result[layout] = {"iteration": iteration, "adam_steps": _adam_steps(optimizer),
+                          "loss_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(losses, ref_losses[2:]))),
+                          "weight_max_diff": max_across_ranks(max((sd[k] - ref_sd[k]).abs().max().item()
+                                                                  for k in ref_sd))}
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", required=True)
@@ -147,7 +216,10 @@ def main():
         else:
             build, inputs, expected = fixture_model(model)
         try:
-            if layout.startswith("train_"):
+            if layout.startswith("resume_"):
+                root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "ckpt_" + layout)
+                results[case] = resume_case(layout[len("resume_"):], build, inputs, root)
+            elif layout.startswith("train_"):
                 results[case] = train_case(layout[len("train_"):], build, inputs)
             else:
                 results[case] = forward_case(layout, build, inputs, num_microbatches=2, expected=expected)

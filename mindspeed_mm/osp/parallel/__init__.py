@@ -5,6 +5,7 @@
     pmodel = parallel.parallelize(SUVDiT.from_official(config, state_dict))
     out = parallel.forward(pmodel, **inputs)      # whole output on every rank
     sd = parallel.full_state_dict(pmodel)         # official layout
+    parallel.save_checkpoint(pmodel, optimizer, "ckpts", iteration)   # reloads under any layout
 
 The models stay plain modules; per-class plans (plans.py) say which linears are split and how to run them
 piecewise. See docs/parallel.md.
@@ -40,5 +41,15 @@ def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
     return _train_step(pmodel, optimizer, loss_fn, num_microbatches, **inputs)
 
 
+def save_checkpoint(pmodel, optimizer, directory: str, iteration: int) -> str:
+    from mindspeed_mm.osp.parallel.checkpoint import save_checkpoint as _save
+    return _save(pmodel, optimizer, directory, iteration)
+
+
+def load_checkpoint(pmodel, optimizer, directory: str) -> int:
+    from mindspeed_mm.osp.parallel.checkpoint import load_checkpoint as _load
+    return _load(pmodel, optimizer, directory)
+
+
 __all__ = ["Layout", "ParallelPlan", "current_layout", "forward", "full_state_dict", "initialize",
-           "make_optimizer", "parallelize", "register_plan", "train_step"]
+           "load_checkpoint", "make_optimizer", "parallelize", "register_plan", "save_checkpoint", "train_step"]

@@ -1,0 +1,163 @@
+"""Distributed checkpoints of a ParallelModel and its distributed optimizer, reloadable under any layout.
+
+    parallel.save_checkpoint(pmodel, optimizer, "ckpts", iteration=1000)   # ckpts/iter_0001000, ckpts/latest
+    iteration = parallel.load_checkpoint(pmodel, optimizer, "ckpts")        # any TP/PP/CP/DP layout
+
+megatron-core `dist_checkpointing` (torch_dist format): every parameter is a ShardedTensor keyed by its official
+(single-device) name, cut along its TP axis and replicated over DP x CP; the distributed optimizer's main weights
+and Adam moments use megatron's `fully_reshardable` format (model-shaped tensors), so a checkpoint saved under one
+layout loads under any other. Three resume bugs of megatron's distributed optimizer with torch's Adam (no apex /
+Transformer Engine) are worked around here: its state is created before loading, state entries the format does
+not hold (`step`) are kept instead of looked up, and the Adam step counter,
+which megatron restores as one tensor shared by every parameter, is given back to each parameter on its own.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+from megatron.core import parallel_state
+
+LATEST = "latest"
+_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+
+
+def iteration_dir(directory: str, iteration: int) -> str:
+    return os.path.join(directory, f"iter_{iteration:07d}")
+
+
+def _model_sharded_state_dict(pmodel) -> dict:
+    """This rank's parameters as ShardedTensors under their official names (layout-independent keys)."""
+    from megatron.core.dist_checkpointing import ShardedTensor
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank(with_context_parallel=True)
+    sharded = {}
+    for name, param in pmodel.model.named_parameters():
+        if getattr(param, "tensor_model_parallel", False):
+            sharded[name] = ShardedTensor.from_rank_offsets(name, param, (param.partition_dim, tp_rank, tp),
+                                                            replica_id=(0, 0, dp_rank))
+        else:
+            sharded[name] = ShardedTensor.from_rank_offsets(name, param, replica_id=(0, tp_rank, dp_rank))
+    return sharded
+
+
+def _inner_optimizers(optimizer):
+    """The torch optimizers inside megatron's (chained, distributed) optimizer."""
+    return [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
+
+
+def _init_adam_state(optimizer) -> None:
+    """Give a fresh torch Adam its state (step 0, zero moments), as megatron's loader expects it to exist."""
+    for inner in _inner_optimizers(optimizer):
+        for group in inner.param_groups:
+            for p in group["params"]:
+                if not inner.state[p]:
+                    inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                      "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _unshare_adam_steps(optimizer) -> None:
+    """megatron restores one `step` tensor for every parameter; Adam increments it in place once per parameter."""
+    for inner in _inner_optimizers(optimizer):
+        for state in inner.state.values():
+            if "step" in state:
+                state["step"] = state["step"].detach().clone()
+
+
+def _load_optimizer_state(optimizer, state) -> None:
+    """megatron copies every state entry of a parameter from the checkpoint's model-shaped tensors, `step`
+    included, which that format does not hold (KeyError 'step'): keep entries the checkpoint lacks as they are."""
+    patched = []
+    for dist_opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not hasattr(dist_opt, "_set_main_param_and_optimizer_states"):
+            continue
+        original = dist_opt._set_main_param_and_optimizer_states
+
+        def set_states(model_param, tensors, dist_opt=dist_opt, original=original):
+            current = dist_opt._get_main_param_and_optimizer_states(model_param)
+            original(model_param, {**{k: v for k, v in current.items() if k not in tensors}, **tensors})
+
+        dist_opt._set_main_param_and_optimizer_states = set_states
+        patched.append(dist_opt)
+    try:
+        optimizer.load_state_dict(state)
+    finally:
+        for dist_opt in patched:
+            del dist_opt._set_main_param_and_optimizer_states  # back to the class's method
+    _unshare_adam_steps(optimizer)
+
+
+def _sharded_state_dict(pmodel, optimizer, is_loading: bool) -> dict:
+    model = _model_sharded_state_dict(pmodel)
+    state = {"model": model}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model, is_loading=is_loading, metadata=_SHARDING)
+    return state
+
+
+def _barrier():
+    torch.distributed.barrier()
+
+
+def save_checkpoint(pmodel, optimizer, directory: str, iteration: int) -> str:
+    """Write `directory/iter_XXXXXXX` (through a temporary folder, renamed when complete) and `directory/latest`.
+
+    Every rank calls it. An existing iteration folder is an error, never overwritten."""
+    from megatron.core import dist_checkpointing
+    final = iteration_dir(directory, iteration)
+    if os.path.exists(final):
+        raise FileExistsError(f"checkpoint {final} already exists; remove it or save under another iteration")
+    tmp = os.path.join(directory, f".tmp_iter_{iteration:07d}")
+    if torch.distributed.get_rank() == 0:
+        os.makedirs(directory, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted save
+        os.makedirs(tmp)
+    _barrier()
+    state = _sharded_state_dict(pmodel, optimizer, is_loading=False)
+    state["iteration"] = iteration
+    state["layout"] = repr(pmodel.layout)
+    dist_checkpointing.save(state, tmp)
+    _barrier()
+    if torch.distributed.get_rank() == 0:
+        os.replace(tmp, final)
+        marker = os.path.join(directory, f".{LATEST}.tmp")
+        with open(marker, "w") as f:
+            f.write(f"{iteration}\n")
+        os.replace(marker, os.path.join(directory, LATEST))
+    _barrier()
+    return final
+
+
+def resolve(directory: str) -> str:
+    """An iteration folder, or a checkpoint root whose `latest` marker names one."""
+    marker = os.path.join(directory, LATEST)
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            return iteration_dir(directory, int(f.read().strip()))
+    if os.path.isfile(os.path.join(directory, "metadata.json")):
+        return directory
+    raise FileNotFoundError(f"{directory} is neither a checkpoint folder (iter_XXXXXXX) nor a root with a "
+                            f"'{LATEST}' marker; pass the folder given to parallel.save_checkpoint")
+
+
+def load_checkpoint(pmodel, optimizer, directory: str) -> int:
+    """Load weights (and optimizer state when `optimizer` is given) saved under any layout; returns the iteration.
+
+    `directory` is a checkpoint root (its `latest` iteration is loaded) or one iteration folder."""
+    from megatron.core import dist_checkpointing
+    path = resolve(directory)
+    if optimizer is not None:
+        _init_adam_state(optimizer)
+    state = _sharded_state_dict(pmodel, optimizer, is_loading=True)
+    state["iteration"] = None
+    loaded = dist_checkpointing.load(state, path)
+    params = dict(pmodel.model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in loaded["model"].items():
+            if tensor is not params[name]:
+                params[name].copy_(tensor)
+    if optimizer is not None:
+        _load_optimizer_state(optimizer, loaded["optimizer"])
+    return int(loaded["iteration"])
