@@ -30,9 +30,12 @@ def mindspeed_mm_layout() -> dict:
     """Where `mindspeed_mm` resolves, and whether our `osp` subpackage is reachable through it."""
     ours = Path(__file__).resolve().parent
     spec = importlib.util.find_spec("mindspeed_mm")
-    locations = [str(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    # Editable installs add path-hook entries that are not directories; list real directories only.
+    locations = [str(p) for p in (spec.submodule_search_locations or []) if Path(p).is_dir()] if spec else []
+    locations = locations or [str(ours.parent)]
     regular = bool(spec and spec.origin and spec.origin.endswith("__init__.py"))
-    osp_visible = any(Path(p, "osp").resolve() == ours for p in locations)
+    # Only a regular package (a MindSpeed-MM checkout) can hide us; a namespace package always merges portions.
+    osp_visible = not regular or any(Path(p, "osp").resolve() == ours for p in locations)
     return {"locations": locations, "regular_package": regular, "osp_visible": osp_visible,
             "mindspeed_mm_installed": _version("mindspeed_mm") or _version("mindspeed-mm")}
 
