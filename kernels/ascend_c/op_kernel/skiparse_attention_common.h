@@ -57,6 +57,20 @@ protected:
                                     matmul::MatmulType<TPosition::GM, CubeFormat::ND, T>,
                                     matmul::MatmulType<TPosition::GM, CubeFormat::ND, float>>;
 
+    // The global tensors the forward writes and the backward reads again.
+    __aicore__ inline void BindForwardTensors(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADDR textK, GM_ADDR textV,
+                                              GM_ADDR keyMask, GM_ADDR out, GM_ADDR softmaxMax, GM_ADDR softmaxSum) {
+        qGm_.SetGlobalBuffer((__gm__ T*)q);
+        kGm_.SetGlobalBuffer((__gm__ T*)k);
+        vGm_.SetGlobalBuffer((__gm__ T*)v);
+        textKGm_.SetGlobalBuffer((__gm__ T*)textK);
+        textVGm_.SetGlobalBuffer((__gm__ T*)textV);
+        maskGm_.SetGlobalBuffer((__gm__ uint8_t*)keyMask);
+        outGm_.SetGlobalBuffer((__gm__ T*)out);
+        maxGm_.SetGlobalBuffer((__gm__ float*)softmaxMax);
+        sumGm_.SetGlobalBuffer((__gm__ float*)softmaxSum);
+    }
+
     __aicore__ inline void InitShape(const SkiparseTilingData& t) {
         tiling_ = t;
         n_ = t.seqLen; l_ = t.textLen; d_ = t.headDim; k_ = t.sparsity; group_ = t.group;
@@ -173,15 +187,7 @@ public:
                                 GM_ADDR out, GM_ADDR softmaxMax, GM_ADDR softmaxSum, GM_ADDR workspace,
                                 const SkiparseTilingData& t) {
         B::InitShape(t);
-        B::qGm_.SetGlobalBuffer((__gm__ T*)q);
-        B::kGm_.SetGlobalBuffer((__gm__ T*)k);
-        B::vGm_.SetGlobalBuffer((__gm__ T*)v);
-        B::textKGm_.SetGlobalBuffer((__gm__ T*)textK);
-        B::textVGm_.SetGlobalBuffer((__gm__ T*)textV);
-        B::maskGm_.SetGlobalBuffer((__gm__ uint8_t*)keyMask);
-        B::outGm_.SetGlobalBuffer((__gm__ T*)out);
-        B::maxGm_.SetGlobalBuffer((__gm__ float*)softmaxMax);
-        B::sumGm_.SetGlobalBuffer((__gm__ float*)softmaxSum);
+        B::BindForwardTensors(q, k, v, textK, textV, keyMask, out, softmaxMax, softmaxSum);
         const uint32_t br = B::br_, bc = B::bc_, d = B::d_;
         GM_ADDR ws = GetUserWorkspace(workspace) + static_cast<uint64_t>(GetBlockIdx()) * t.workspacePerCore;
         sWs_.SetGlobalBuffer((__gm__ float*)ws);
@@ -361,15 +367,7 @@ public:
                                 GM_ADDR dk, GM_ADDR dv, GM_ADDR dTextK, GM_ADDR dTextV, GM_ADDR workspace,
                                 const SkiparseTilingData& t) {
         B::InitShape(t);
-        B::qGm_.SetGlobalBuffer((__gm__ T*)q);
-        B::kGm_.SetGlobalBuffer((__gm__ T*)k);
-        B::vGm_.SetGlobalBuffer((__gm__ T*)v);
-        B::textKGm_.SetGlobalBuffer((__gm__ T*)textK);
-        B::textVGm_.SetGlobalBuffer((__gm__ T*)textV);
-        B::maskGm_.SetGlobalBuffer((__gm__ uint8_t*)keyMask);
-        B::outGm_.SetGlobalBuffer((__gm__ T*)out);
-        B::maxGm_.SetGlobalBuffer((__gm__ float*)softmaxMax);
-        B::sumGm_.SetGlobalBuffer((__gm__ float*)softmaxSum);
+        B::BindForwardTensors(q, k, v, textK, textV, keyMask, out, softmaxMax, softmaxSum);
         doutGm_.SetGlobalBuffer((__gm__ T*)dout);
         dqGm_.SetGlobalBuffer((__gm__ T*)dq);
         dkGm_.SetGlobalBuffer((__gm__ T*)dk);
