@@ -285,7 +285,7 @@ class OSP13DiT(nn.Module):
         if h % p or w % p:
             raise ValueError(f"latent height/width ({h}, {w}) must be divisible by patch_size {p}")
         grid = (t, h // p, w // p)
-        dtype = self.proj_out.weight.dtype
+        dtype = self.pos_embed.proj.weight.dtype  # a first-stage module: the head may live on another stage
         x = self.embed(hidden_states.to(dtype)).transpose(0, 1)                        # (N, B, D)
         t6, emb = self.adaln_single(timestep, dtype)
         text = encoder_hidden_states.to(dtype)
@@ -306,12 +306,15 @@ class OSP13DiT(nn.Module):
                                                  None if state.plan is None else state.plan[i])
         return state
 
-    def finish(self, state: OSP13State) -> torch.Tensor:
-        """Output head: LN, (table + embedded timestep) modulation, proj_out, unpatchify."""
+    def head(self, state: OSP13State) -> torch.Tensor:
+        """Token-wise output head: LN, (table + embedded timestep) modulation, proj_out -> (N, B, p*p*C_out)."""
         shift, scale = (self.scale_shift_table[:, None] + state.embedded_timestep[None]).chunk(2, dim=0)
-        x = self.proj_out(self.norm_out(state.x) * (1 + scale) + shift)
+        return self.proj_out(self.norm_out(state.x) * (1 + scale) + shift)
+
+    def finish(self, state: OSP13State) -> torch.Tensor:
+        """Output head, then unpatchify to (B, C_out, T, H, W)."""
         p = self.config.patch_size
-        return unpatchify(x.transpose(0, 1), state.grid, (1, p, p), self.config.out_channels)
+        return unpatchify(self.head(state).transpose(0, 1), state.grid, (1, p, p), self.config.out_channels)
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod

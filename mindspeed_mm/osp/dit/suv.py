@@ -334,7 +334,7 @@ class SUVDiT(nn.Module):
         if h % p or w % p:
             raise ValueError(f"latent height/width ({h}, {w}) must be divisible by the patch size {p}")
         grid = (t, h // p, w // p)
-        dtype = self.proj_out.weight.dtype
+        dtype = self.patch_embed.proj.weight.dtype  # a first-stage module: the head may live on another stage
         x = self.patch_embed(hidden_states.to(dtype)).transpose(0, 1)                            # (N, B, D)
         text = encoder_hidden_states.to(dtype)
         e = self.caption_projection(text.reshape(b, -1, text.shape[-1])).transpose(0, 1)         # (L, B, D)
@@ -365,11 +365,14 @@ class SUVDiT(nn.Module):
                 state.skips.append((state.x, state.e))
         return state
 
+    def head(self, state: SUVState) -> torch.Tensor:
+        """Token-wise output head: norm_final, AdaNorm, proj_out -> (N, B, p*p*C_out)."""
+        return self.proj_out(self.norm_out(self.norm_final(state.x), state.c))
+
     def finish(self, state: SUVState) -> torch.Tensor:
-        """Output head: norm_final, AdaNorm, proj_out, unpatchify."""
+        """Output head, then unpatchify to (B, C_out, T, H, W)."""
         p = self.config.patch_size_thw[1]
-        x = self.proj_out(self.norm_out(self.norm_final(state.x), state.c))
-        return unpatchify(x.transpose(0, 1), state.grid, (1, p, p), self.config.out_channels)
+        return unpatchify(self.head(state).transpose(0, 1), state.grid, (1, p, p), self.config.out_channels)
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod

@@ -1,84 +1,75 @@
 """Parallel plans for the OSP denoisers (layer split per specs/dit.md 6.2 / 7.1, MindSpeed-MM's layout).
 
-The `embed` / `run_block` / `head` / `finish` functions follow `OSP13DiT.forward` and `SUVDiT.forward` step by
-step (tests/test_parallel_layouts.py checks that a TP/PP run equals `model.forward` on the official fixtures, so a
-drift between the two shows up there).
+The pieces run the models' own `prepare` / `run_blocks` / `head`; only the state changes form: the pipeline
+carries a flat dict of tensors (sequence tensors in S-B-H layout), packed from and unpacked into the models'
+state dataclasses here.
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
+from mindspeed_mm.osp.dit.osp13 import OSP13State
+from mindspeed_mm.osp.dit.suv import SUVState
 from mindspeed_mm.osp.parallel.plan import ParallelPlan, register_plan
 
 _BLK = "transformer_blocks.*."
+_STRUCTURED = ("rope_tables", "skips", "grid", "plan")  # state fields that are not single tensors
 
 
-def _param_dtype(model) -> torch.dtype:
-    return next(model.parameters()).dtype
+def _pack(state) -> dict:
+    """A model state dataclass -> {name: tensor}: RoPE tables as rope{axis}_cos/sin, U-net skips (a stack) as
+    skip{depth}_x/e; absent masks are left out."""
+    if state.plan is not None:
+        raise ValueError("a per-call `sparsity` is not supported by the parallel engine; call "
+                         "model.set_sparsity(...) before parallel.parallelize(model)")
+    packed = {f.name: getattr(state, f.name) for f in fields(state)
+              if f.name not in _STRUCTURED and getattr(state, f.name) is not None}
+    for axis, (cos, sin) in enumerate(state.rope_tables):
+        packed[f"rope{axis}_cos"], packed[f"rope{axis}_sin"] = cos, sin
+    for depth, (xs, es) in enumerate(getattr(state, "skips", ())):
+        packed[f"skip{depth}_x"], packed[f"skip{depth}_e"] = xs, es
+    return packed
 
 
-def _rope_state(model, grid, device, dtype) -> dict:
-    state = {}
-    for axis, (cos, sin) in enumerate(model.rope.tables(grid, device, dtype)):
-        state[f"rope{axis}_cos"], state[f"rope{axis}_sin"] = cos, sin
-    return state
+def _unpack(state_cls, packed: dict):
+    names = {f.name for f in fields(state_cls)}
+    kwargs = {name: packed.get(name) for name in names if name not in _STRUCTURED}
+    kwargs["rope_tables"] = [(packed[f"rope{a}_cos"], packed[f"rope{a}_sin"]) for a in range(3)]
+    if "skips" in names:
+        depth = sum(1 for k in packed if k.startswith("skip") and k.endswith("_x"))
+        kwargs["skips"] = [(packed[f"skip{d}_x"], packed[f"skip{d}_e"]) for d in range(depth)]
+    return state_cls(**kwargs, grid=None)  # the blocks and the head never read the grid
 
 
-def _rope_tables(state) -> list:
-    return [(state[f"rope{a}_cos"], state[f"rope{a}_sin"]) for a in range(3)]
+def _is_skip(key: str) -> bool:
+    return key.startswith("skip") and key[-2:] in ("_x", "_e")
 
 
-def _masks(model, inputs, b, text_len, patch):
-    from mindspeed_mm.osp.dit.embeddings import text_key_mask, video_key_mask
-    state = {}
-    text_mask = text_key_mask(inputs.get("encoder_attention_mask"), b, text_len)
-    video_mask = video_key_mask(inputs.get("attention_mask"), patch)
-    if text_mask is not None:
-        state["text_mask"] = text_mask
-    if video_mask is not None:
-        state["video_mask"] = video_mask
-    return state
+def _embed(model, inputs):
+    return _pack(model.prepare(**inputs))
 
 
-def _grid(inputs, p):
-    _, _, t, h, w = inputs["hidden_states"].shape
-    return (t, h // p, w // p)
+def _run_block(state_cls):
+    def run_block(model, i, packed):
+        return _pack(model.run_blocks(_unpack(state_cls, packed), i, i + 1))
+    return run_block
 
 
-# ------------------------------------------------------------------------------------------------ v1.3
-def _osp13_embed(model, inputs):
-    cfg, dtype = model.config, _param_dtype(model)
-    hidden = inputs["hidden_states"]
-    b, p = hidden.shape[0], cfg.patch_size
-    x = model.embed(hidden.to(dtype)).transpose(0, 1)
-    t6, emb = model.adaln_single(inputs["timestep"], dtype)
-    text = inputs["encoder_hidden_states"].to(dtype)
-    text = model.caption_projection(text.reshape(b, -1, text.shape[-1])).transpose(0, 1)
-    state = {"x": x, "text": text, "t6": t6.view(b, 6, -1).transpose(0, 1), "emb": emb}
-    state.update(_masks(model, inputs, b, text.shape[0], (1, p, p)))
-    state.update(_rope_state(model, _grid(inputs, p), x.device, dtype))
-    return state
-
-
-def _osp13_block(model, i, state):
-    state = dict(state)
-    state["x"] = model.transformer_blocks[i](state["x"], state["t6"], state["text"], state.get("text_mask"),
-                                             state.get("video_mask"), model.rope, _rope_tables(state))
-    return state
-
-
-def _osp13_head(model, state):
-    shift, scale = (model.scale_shift_table[:, None] + state["emb"][None]).chunk(2, dim=0)
-    return model.proj_out(model.norm_out(state["x"]) * (1 + scale) + shift)
+def _head(state_cls):
+    return lambda model, packed: model.head(_unpack(state_cls, packed))
 
 
 def _finish(model, tokens, inputs):
     from mindspeed_mm.osp.dit.embeddings import unpatchify
     cfg = model.config
     p = cfg.patch_size if hasattr(cfg, "patch_size") else cfg.patch_size_thw[1]
-    return unpatchify(tokens.transpose(0, 1), _grid(inputs, p), (1, p, p), cfg.out_channels)
+    _, _, t, h, w = inputs["hidden_states"].shape
+    return unpatchify(tokens.transpose(0, 1), (t, h // p, w // p), (1, p, p), cfg.out_channels)
 
 
+# ------------------------------------------------------------------------------------------------ v1.3
 def osp13_plan(model) -> ParallelPlan:
     pre = ("pos_embed", "adaln_single", "caption_projection")
     if model.config.inpaint:
@@ -93,56 +84,13 @@ def osp13_plan(model) -> ParallelPlan:
         blocks=lambda m: [f"transformer_blocks.{i}" for i in range(len(m.transformer_blocks))],
         heads=lambda m: m.config.num_attention_heads,
         sequence_keys=lambda k: k in ("x", "text"),
-        embed=_osp13_embed, run_block=_osp13_block, head=_osp13_head, finish=_finish,
+        embed=_embed, run_block=_run_block(OSP13State), head=_head(OSP13State), finish=_finish,
         pre=pre, post=("norm_out", "proj_out", "scale_shift_table"),
         gather_inputs={_BLK + "attn1": 1, _BLK + "attn2": 2},  # one sequence gather for q, k and v
     )
 
 
 # ------------------------------------------------------------------------------------------------ v1.5
-def _suv_embed(model, inputs):
-    cfg, dtype = model.config, _param_dtype(model)
-    hidden = inputs["hidden_states"]
-    b, p = hidden.shape[0], cfg.patch_size_thw[1]
-    if inputs.get("pooled_projections") is None:
-        raise ValueError("SUVDiT needs pooled_projections (the CLIP pooled text embedding)")
-    x = model.patch_embed(hidden.to(dtype)).transpose(0, 1)
-    c = model.time_text_embed(inputs["timestep"], inputs["pooled_projections"])
-    text = inputs["encoder_hidden_states"].to(dtype)
-    e = model.caption_projection(text.reshape(b, -1, text.shape[-1])).transpose(0, 1)
-    state = {"x": x, "e": e, "c": c}
-    state.update(_masks(model, inputs, b, e.shape[0], (1, p, p)))
-    state.update(_rope_state(model, _grid(inputs, p), x.device, dtype))
-    return state
-
-
-def _suv_stage_of(model, i):
-    for stage, (start, stop) in enumerate(model.stage_ranges):
-        if start <= i < stop:
-            return stage, start, stop
-    raise IndexError(i)
-
-
-def _suv_block(model, i, state):
-    state = dict(state)
-    stage, start, stop = _suv_stage_of(model, i)
-    mid, skip = model.mid_stage, model.config.skip_connection
-    if i == start and stage > mid and skip:
-        j = stage - mid - 1
-        src = 2 * mid - stage  # LIFO: decoder stage mid+1+j takes encoder stage mid-1-j
-        state["x"] = model.skip_norm_linear[j](torch.cat([state["x"], state.pop(f"skip{src}_x")], dim=-1))
-        state["e"] = model.skip_norm_linear_enc[j](torch.cat([state["e"], state.pop(f"skip{src}_e")], dim=-1))
-    state["x"], state["e"] = model.transformer_blocks[i](state["x"], state["e"], state["c"], state.get("video_mask"),
-                                                         state.get("text_mask"), model.rope, _rope_tables(state))
-    if i == stop - 1 and stage < mid and skip:
-        state[f"skip{stage}_x"], state[f"skip{stage}_e"] = state["x"], state["e"]
-    return state
-
-
-def _suv_head(model, state):
-    return model.proj_out(model.norm_out(model.norm_final(state["x"]), state["c"]))
-
-
 def suv_plan(model) -> ParallelPlan:
     attn = ("proj_q", "proj_k", "proj_v", "added_proj_q", "added_proj_k", "added_proj_v")
     attached = {}
@@ -158,8 +106,8 @@ def suv_plan(model) -> ParallelPlan:
         ulysses_out=(_BLK + "attn1.proj_out", _BLK + "attn1.added_proj_out"),
         blocks=lambda m: [f"transformer_blocks.{i}" for i in range(len(m.transformer_blocks))],
         heads=lambda m: m.config.num_heads,
-        sequence_keys=lambda k: k in ("x", "e") or (k.startswith("skip") and k[-2:] in ("_x", "_e")),
-        embed=_suv_embed, run_block=_suv_block, head=_suv_head, finish=_finish,
+        sequence_keys=lambda k: k in ("x", "e") or _is_skip(k),
+        embed=_embed, run_block=_run_block(SUVState), head=_head(SUVState), finish=_finish,
         pre=("patch_embed", "time_text_embed", "caption_projection"),
         post=("norm_final", "norm_out", "proj_out"),
         attached=attached,
