@@ -30,6 +30,8 @@ TRAIN_CASES = ["toy/train_tp2_sp_pp2", "toy/train_tp2_sp", "toy/train_pp2_vpp2",
 # initial weights) and train 2 more steps: equal to 4 uninterrupted steps on one device
 # (v15/resume_tp2_sp_cp2-tp4 passes too, but adds about a minute on 2 cores: run it by hand with run_cases.py)
 RESUME_CASES = ["toy/resume_tp2_sp_pp2-tp1-tp4_sp-pp2_cp2"]
+# built on the meta device (never whole on one rank), parallelized, then the official weights loaded
+META_CASES = ["v15/meta_tp2_sp_pp2", "v13/meta_tp2_pp2"]
 TRAIN_TOL = 1e-5       # losses and grad norms
 WEIGHT_TOL = 1e-4      # Adam divides by sqrt(v): tiny grad differences move weights by more (spec, Adam note)
 
@@ -55,7 +57,7 @@ def _launch(python: str, nproc: int, cases, out: Path) -> dict:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     pytest.importorskip("megatron.core", reason="megatron-core is not installed")
-    return _launch(sys.executable, 4, CASES + TRAIN_CASES + RESUME_CASES, tmp_path_factory.mktemp("parallel") / "results.json")
+    return _launch(sys.executable, 4, CASES + META_CASES + TRAIN_CASES + RESUME_CASES, tmp_path_factory.mktemp("parallel") / "results.json")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -66,6 +68,16 @@ def test_layout_matches_single_device(results, case):
     assert result["state_dict_keys_equal"] and result["state_dict_max_diff"] == 0.0
     if "official_max_diff" in result:
         assert result["official_max_diff"] <= OFFICIAL_TOL
+
+
+@pytest.mark.parametrize("case", META_CASES)
+def test_model_built_on_meta_device_loads_only_its_share(results, case):
+    result = results[case]
+    assert "no weights yet" in result["not_loaded_error"]  # forward before loading is refused
+    assert result["official_max_diff"] <= OFFICIAL_TOL
+    # about 1/4 of the weights with 4 ranks (replicated embeddings and norms add a little); a rank that built
+    # the whole model would hold 1.0
+    assert result["largest_rank_share"] < 0.4
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES)

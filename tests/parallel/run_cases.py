@@ -46,8 +46,8 @@ def max_across_ranks(value: float) -> float:
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "dit")
 
 
-def fixture_model(name: str):
-    """(build, inputs, official output) for an official-implementation fixture, loaded like a user would."""
+def fixture_files(name: str):
+    """(model class, official config, official weights, inputs, official output) of a 4-head fixture."""
     from safetensors.torch import load_file
     from mindspeed_mm.osp.dit.osp13 import OSP13DiT
     from mindspeed_mm.osp.dit.suv import SUVDiT
@@ -56,8 +56,36 @@ def fixture_model(name: str):
     weights = {k: v.float() for k, v in load_file(os.path.join(folder, "weights.safetensors")).items()}
     tensors = load_file(os.path.join(folder, "tensors.safetensors"))
     expected = tensors.pop("output")
-    cls = OSP13DiT if name == "v13" else SUVDiT
+    return (OSP13DiT if name == "v13" else SUVDiT), config, weights, tensors, expected
+
+
+def fixture_model(name: str):
+    """(build, inputs, official output) for an official-implementation fixture, loaded like a user would."""
+    cls, config, weights, tensors, expected = fixture_files(name)
     return (lambda: cls.from_official(config, weights)), tensors, expected
+
+
+def meta_case(case: str, name: str) -> dict:
+    """Build the model on the meta device, parallelize it (only this rank's tensors are allocated), then load the
+    official weights: the output equals the official one, and this rank holds only its share of the weights."""
+    from mindspeed_mm.osp.dit.osp13 import OSP13Config
+    from mindspeed_mm.osp.dit.suv import SUVConfig
+    parallel.initialize(**parse_layout(case))
+    cls, config, weights, inputs, expected = fixture_files(name)
+    with torch.device("meta"):
+        model = cls((OSP13Config if name == "v13" else SUVConfig).from_official(config))
+    pmodel = parallel.parallelize(model)
+    try:
+        parallel.forward(pmodel, **inputs)
+        not_loaded_error = None
+    except RuntimeError as exc:
+        not_loaded_error = str(exc)
+    parallel.load_state_dict(pmodel, weights)  # official key names
+    out = parallel.forward(pmodel, num_microbatches=2, **inputs)
+    local = sum(p.numel() for p in pmodel.model.parameters())
+    return {"official_max_diff": max_across_ranks((out - expected).abs().max().item()),
+            "not_loaded_error": not_loaded_error,
+            "largest_rank_share": max_across_ranks(local / sum(v.numel() for v in weights.values()))}
 
 
 def forward_case(case: str, build, inputs, num_microbatches: int, expected=None) -> dict:
@@ -219,6 +247,8 @@ def main():
             if layout.startswith("resume_"):
                 root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "ckpt_" + layout)
                 results[case] = resume_case(layout[len("resume_"):], build, inputs, root)
+            elif layout.startswith("meta_"):
+                results[case] = meta_case(layout[len("meta_"):], model)
             elif layout.startswith("train_"):
                 results[case] = train_case(layout[len("train_"):], build, inputs)
             else:

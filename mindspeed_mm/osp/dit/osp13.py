@@ -341,3 +341,7 @@ class OSP13DiT(nn.Module):
     def official_state_dict(self) -> dict:
         """State dict under the official diffusers names (this module already uses them)."""
         return self.state_dict()
+
+    def state_dict_from_official(self, state_dict: dict) -> dict:
+        """An official state dict under this module's names (the same names)."""
+        return state_dict

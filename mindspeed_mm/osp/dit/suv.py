@@ -380,20 +380,25 @@ class SUVDiT(nn.Module):
                       device: Union[str, torch.device] = "cpu") -> "SUVDiT":
         """Build from SparseUMMDiT kwargs and a MindSpeed-MM (or PKU-named) TP=1 state dict; strict keys,
         except the last block's unused text-stream weights left by TP>1 training (dropped with a note)."""
+        from mindspeed_mm.osp.dit.loading import load_checked
+
+        with torch.device("meta"):
+            model = cls(SUVConfig.from_official(config))
+        load_checked(model, model.state_dict_from_official(state_dict), what="v1.5 SUV DiT", dtype=dtype)
+        return model.to(device=device, dtype=dtype)
+
+    def state_dict_from_official(self, state_dict: dict) -> dict:
+        """An official (MindSpeed-MM or PKU-named) state dict under this module's names, keys checked strictly."""
         from mindspeed_mm.osp.dit.loading import (
-            check_keys, drop_tp_leftovers, is_pku_v15, load_checked, rename_pku_v15, suv_official_to_flat,
+            check_keys, drop_tp_leftovers, is_pku_v15, rename_pku_v15, suv_official_to_flat,
         )
 
-        cfg = SUVConfig.from_official(config)
         if is_pku_v15(state_dict):
             logger.info("renaming PKU-branch v1.5 keys (to_q, add_q_proj, ...) to MindSpeed-MM names")
             state_dict = rename_pku_v15(state_dict)
-        state_dict = drop_tp_leftovers(state_dict, cfg.num_layers)
-        with torch.device("meta"):
-            model = cls(cfg)
-        check_keys(model.official_state_dict(), state_dict, what="v1.5 SUV DiT")  # errors name official keys
-        load_checked(model, suv_official_to_flat(state_dict, cfg.num_layers), what="v1.5 SUV DiT", dtype=dtype)
-        return model.to(device=device, dtype=dtype)
+        state_dict = drop_tp_leftovers(state_dict, self.config.num_layers)
+        check_keys(self.official_state_dict(), state_dict, what="v1.5 SUV DiT")  # errors name official keys
+        return suv_official_to_flat(state_dict, self.config.num_layers)
 
     @classmethod
     def from_preset(cls, name: str = "osp15_suv_8b", *, device: Union[str, torch.device] = "meta") -> "SUVDiT":

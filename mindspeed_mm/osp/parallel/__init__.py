@@ -16,9 +16,12 @@ from mindspeed_mm.osp.parallel.layout import Layout, current as current_layout, 
 from mindspeed_mm.osp.parallel.plan import ParallelPlan, register_plan
 
 
-def parallelize(model):
+def parallelize(model, device=None):
+    """This rank's part of `model`. A model built on the meta device (e.g. `SUVDiT.from_preset(...)`) is never
+    materialised whole: only this rank's tensors are allocated (on `device`, default the platform's), empty until
+    `load_state_dict` or `load_checkpoint`."""
     from mindspeed_mm.osp.parallel.shard import parallelize as _parallelize
-    return _parallelize(model)
+    return _parallelize(model, device)
 
 
 def forward(pmodel, num_microbatches: int = 1, **inputs):
@@ -29,6 +32,11 @@ def forward(pmodel, num_microbatches: int = 1, **inputs):
 def full_state_dict(pmodel):
     from mindspeed_mm.osp.parallel.state_dict import full_state_dict as _full_state_dict
     return _full_state_dict(pmodel)
+
+
+def load_state_dict(pmodel, state_dict):
+    from mindspeed_mm.osp.parallel.state_dict import load_state_dict as _load_state_dict
+    return _load_state_dict(pmodel, state_dict)
 
 
 def make_optimizer(pmodel, **kwargs):
@@ -52,4 +60,5 @@ def load_checkpoint(pmodel, optimizer, directory: str) -> int:
 
 
 __all__ = ["Layout", "ParallelPlan", "current_layout", "forward", "full_state_dict", "initialize",
-           "load_checkpoint", "make_optimizer", "parallelize", "register_plan", "save_checkpoint", "train_step"]
+           "load_checkpoint", "load_state_dict", "make_optimizer", "parallelize", "register_plan",
+           "save_checkpoint", "train_step"]

@@ -160,4 +160,5 @@ def load_checkpoint(pmodel, optimizer, directory: str) -> int:
                 params[name].copy_(tensor)
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
+    pmodel.weights_loaded = True
     return int(loaded["iteration"])

@@ -36,8 +36,9 @@ def _copy_shard(param: torch.nn.Parameter, full: torch.Tensor, dim: int) -> None
     rank = parallel_state.get_tensor_model_parallel_rank()
     if full.shape[dim] % tp:
         raise ValueError(f"dimension {dim} of size {full.shape[dim]} cannot be split over tensor_parallel {tp}")
-    with torch.no_grad():
-        param.copy_(full.chunk(tp, dim=dim)[rank])
+    if not full.is_meta:  # a model built on the meta device gets its weights later (parallel.load_state_dict)
+        with torch.no_grad():
+            param.copy_(full.chunk(tp, dim=dim)[rank])
     # megatron sets these only when it initialises the weights itself
     param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, dim, 1
 
@@ -52,11 +53,11 @@ class ColumnLinear(ColumnParallelLinear):
     input_gathered = False
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, layout) -> "ColumnLinear":
+    def from_linear(cls, linear: torch.nn.Linear, layout, device) -> "ColumnLinear":
         config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=layout.sequence_parallel)
         layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
                     bias=linear.bias is not None, gather_output=False)
-        layer.to(linear.weight.device)
+        layer.to(device)
         _copy_shard(layer.weight, linear.weight, 0)
         if linear.bias is not None:
             _copy_shard(layer.bias, linear.bias, 0)
@@ -72,13 +73,13 @@ class RowLinear(RowParallelLinear):
     """Input features split over TP; all-reduce (reduce-scatter over the sequence under SP) of the output."""
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, layout) -> "RowLinear":
+    def from_linear(cls, linear: torch.nn.Linear, layout, device) -> "RowLinear":
         config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=layout.sequence_parallel)
         layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
                     bias=linear.bias is not None, input_is_parallel=True, skip_bias_add=False)
-        layer.to(linear.weight.device)
+        layer.to(device)
         _copy_shard(layer.weight, linear.weight, 1)
-        if linear.bias is not None:
+        if linear.bias is not None and not linear.bias.is_meta:
             with torch.no_grad():
                 layer.bias.copy_(linear.bias)
             if layout.sequence_parallel:
@@ -98,11 +99,11 @@ class ConditioningLinear(ColumnParallelLinear):
     """
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, layout) -> "ConditioningLinear":
+    def from_linear(cls, linear: torch.nn.Linear, layout, device) -> "ConditioningLinear":
         config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=False)
         layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
                     bias=linear.bias is not None, gather_output=False)
-        layer.to(linear.weight.device)
+        layer.to(device)
         layer.split_sequence = layout.sequence_parallel
         _copy_shard(layer.weight, linear.weight, 0)
         if linear.bias is not None:

@@ -99,6 +99,9 @@ def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=No
 
     Returns the last stage's outputs (forward_only) or per-micro-batch loss dicts.
     """
+    if not pmodel.weights_loaded:
+        raise RuntimeError("this model was built on the meta device and has no weights yet: call "
+                           "parallel.load_state_dict(pmodel, state_dict) or parallel.load_checkpoint(...) first")
     schemas = boundary_schemas(pmodel, microbatches[0])
     capacity = max(sum(s.numel() for _, s, _ in sch) for k, sch in schemas.items() if k != "out")
     for chunk in pmodel.chunks:

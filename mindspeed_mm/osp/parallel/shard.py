@@ -8,6 +8,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.enums import ModelType
 
+from mindspeed_mm.osp import platform
 from mindspeed_mm.osp.parallel import layout as _layout
 from mindspeed_mm.osp.parallel.layers import KINDS, model_parallel_config
 from mindspeed_mm.osp.parallel.plan import ParallelPlan, plan_for
@@ -46,12 +47,15 @@ class Chunk(torch.nn.Module):
 
 
 class ParallelModel(torch.nn.Module):
-    """This rank's chunks of a model; run it with `parallel.forward` / train it with `parallel.train_step`."""
+    """This rank's chunks of a model; run it with `parallel.forward` / train it with `parallel.train_step`.
 
-    def __init__(self, model, plan, chunks: List[Chunk], meta_model, layout):
+    `weights_loaded` is False for a model built on the meta device until `parallel.load_state_dict` or
+    `parallel.load_checkpoint` fills this rank's (uninitialised) parameters."""
+
+    def __init__(self, model, plan, chunks: List[Chunk], meta_model, layout, weights_loaded: bool):
         super().__init__()
         self.chunks = torch.nn.ModuleList(chunks)
-        self.plan, self.layout = plan, layout
+        self.plan, self.layout, self.weights_loaded = plan, layout, weights_loaded
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "meta_model", meta_model)
         self._schemas = {}
@@ -88,11 +92,14 @@ def chunk_ranges(num_blocks: int, layout) -> List[tuple]:
     return [(v * pp + rank, (v * pp + rank) * per, (v * pp + rank + 1) * per) for v in range(vpp)]
 
 
-def parallelize(model: torch.nn.Module) -> ParallelModel:
+def parallelize(model: torch.nn.Module, device=None) -> ParallelModel:
     layout = _layout.current()
     plan = plan_for(model)
     names = list(plan.blocks(model))
     layout.check_model(heads=plan.heads(model), layers=len(names))  # before any allocation
+    on_meta = any(p.is_meta for p in model.parameters())
+    if device is None:
+        device = platform.default_device() if on_meta else next(model.parameters()).device
     meta_model = _meta_clone(model)
 
     ranges = chunk_ranges(len(names), layout)
@@ -109,7 +116,9 @@ def parallelize(model: torch.nn.Module) -> ParallelModel:
     for name in (plan.pre if not first else ()) + (plan.post if not last else ()):
         _set(model, name, Dropped())
 
-    _shard_linears(model, plan, layout)
+    _shard_linears(model, plan, layout, device)
+    if on_meta:  # allocate only what this rank keeps: its stages, TP shards of the split linears
+        model.to_empty(device=device)
     if layout.context_parallel > 1:
         _hook_ulysses(model, plan)
     if layout.sequence_parallel:
@@ -122,17 +131,17 @@ def parallelize(model: torch.nn.Module) -> ParallelModel:
     config.hidden_size = 1  # the pipeline carries a flat (packed) state: see pipeline.py
     config.batch_p2p_comm = layout.virtual_pipeline is None  # PP=2 interleaved + batched p2p is wrong (trap)
     chunks = [Chunk(model, plan, s, e, c == 0, c == total - 1, config) for c, s, e in ranges]
-    return ParallelModel(model, plan, chunks, meta_model, layout)
+    return ParallelModel(model, plan, chunks, meta_model, layout, weights_loaded=not on_meta)
 
 
-def _shard_linears(model, plan, layout) -> None:
+def _shard_linears(model, plan, layout, device) -> None:
     for name, module in list(model.named_modules()):
         kind = plan.kind_of(name)
         if kind is None:
             continue
         if not isinstance(module, torch.nn.Linear):
             raise TypeError(f"{name} is planned as a {kind}-parallel linear but is a {type(module).__name__}")
-        _set(model, name, KINDS[kind].from_linear(module, layout))
+        _set(model, name, KINDS[kind].from_linear(module, layout, device))
 
 
 def _hook_ulysses(model, plan) -> None:

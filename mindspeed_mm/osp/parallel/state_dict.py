@@ -31,3 +31,27 @@ def full_state_dict(pmodel) -> dict:
     for piece in pieces:
         merged.update(piece)
     return merged
+
+
+def load_state_dict(pmodel, state_dict: dict) -> None:
+    """Copy a whole single-device state dict (the model's names, as `full_state_dict` returns, or the official
+    checkpoint names) into this rank's part: its stages' tensors, its TP slice of the split ones. Keys are
+    checked strictly against the whole model. Every rank passes the whole dict (load it with mmap)."""
+    from mindspeed_mm.osp.dit.loading import check_keys
+    if any(hasattr(chunk, "module") for chunk in pmodel.chunks):
+        raise RuntimeError("load_state_dict must come before make_optimizer (the optimizer keeps its own copy of "
+                           "the weights); to resume training use parallel.load_checkpoint")
+    meta = pmodel.meta_model
+    expected = meta.state_dict()
+    if set(state_dict) != set(expected) and hasattr(meta, "state_dict_from_official"):
+        state_dict = meta.state_dict_from_official(state_dict)
+    check_keys(expected, state_dict, what=type(meta).__name__)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    with torch.no_grad():
+        for name, param in pmodel.model.named_parameters():
+            full = state_dict[name]
+            if getattr(param, "tensor_model_parallel", False):
+                full = full.chunk(tp, dim=param.partition_dim)[tp_rank]
+            param.copy_(full)
+    pmodel.weights_loaded = True
