@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from mindspeed_mm.osp.vae import WFVAE, load_preset, preset_names
-from mindspeed_mm.osp.vae.checkpoint import normalize_official_keys
+from mindspeed_mm.osp.vae.official import normalize_official_keys
 from mindspeed_mm.osp.vae.wavelets import (HaarWavelet2D, HaarWavelet3D, InverseHaarWavelet2D,
                                            InverseHaarWavelet3D)
 

@@ -10,7 +10,7 @@ from mindspore import nn  # noqa: E402
 
 from mindspeed_mm.osp.convert import mindspore as conv  # noqa: E402
 from mindspeed_mm.osp.vae_ms import WFVAE  # noqa: E402
-from mindspeed_mm.osp.vae_ms.config import is_fixed_filter_key  # noqa: E402
+from mindspeed_mm.osp.vae.official import is_fixed_filter_key  # noqa: E402
 
 from _vae_ms_tiny import TINY_V15, tiny_vae  # noqa: E402
 

@@ -113,7 +113,7 @@ def wfvae_to_ckpt(pretrained_dir: str, dst: str, overwrite: bool = False) -> Tup
     for the MindSpore model (names identical; Haar filters, if present, dropped: the model builds them)."""
     import shutil
 
-    from mindspeed_mm.osp.vae_ms.config import is_fixed_filter_key
+    from mindspeed_mm.osp.vae.official import is_fixed_filter_key
 
     tensors = {k: v for k, v in read_safetensors(os.path.join(pretrained_dir, "model.safetensors")).items()
                if not is_fixed_filter_key(k)}

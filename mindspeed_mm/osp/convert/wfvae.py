@@ -29,7 +29,7 @@ def _check_target(dst: Path, overwrite: bool) -> None:
 def read_official(src: str | os.PathLike, config: Optional[dict] = None, weights_only: bool = True):
     """(WFVAEConfig, state dict with official names, Haar filters dropped, dtypes untouched)."""
     from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir, load_checkpoint_file
-    from mindspeed_mm.osp.vae.model import parse_official
+    from mindspeed_mm.osp.vae.official import parse_official
     src = Path(src)
     if src.is_dir():
         if config is None and (src / "config.json").is_file():
@@ -60,11 +60,11 @@ def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = 
     """Official checkpoint -> our directory (config.json + model.safetensors)."""
     from safetensors.torch import save_file
 
-    from mindspeed_mm.osp.vae.model import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE
+    from mindspeed_mm.osp.vae.official import CONFIG_FILE, WEIGHTS_FILE, folder_config
     dst = Path(dst)
     _check_target(dst, overwrite)
     cfg, weights = read_official(src, config, weights_only)
-    meta = {"format": FORMAT_NAME, "config": cfg.to_dict(), "official_config": cfg.to_official()}
+    meta = folder_config(cfg)
     tensors = {k: v.contiguous() for k, v in weights.items()}
 
     def write(tmp: Path) -> None:
@@ -79,13 +79,12 @@ def osp_to_official(src, dst, overwrite: bool = False) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from mindspeed_mm.osp.vae.config import WFVAEConfig
-    from mindspeed_mm.osp.vae.model import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE
+    from mindspeed_mm.osp.vae.official import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, config_from_json
     src, dst = Path(src), Path(dst)
     meta = json.loads((src / CONFIG_FILE).read_text()) if (src / CONFIG_FILE).is_file() else {}
-    if meta.get("format") != FORMAT_NAME:
+    cfg, _ = config_from_json(meta)
+    if cfg is None:
         raise ValueError(f"{src} is not a mindspeed_mm.osp WF-VAE directory (config.json with format {FORMAT_NAME!r})")
-    cfg = WFVAEConfig.from_dict(meta["config"])
     weights = load_file(str(src / WEIGHTS_FILE))
     _check_keys(cfg, weights)
     _check_target(dst, overwrite)

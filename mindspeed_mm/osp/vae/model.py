@@ -1,11 +1,9 @@
 """WF-VAE model: validated encode/decode, exact chunked (streaming) inference, official and own checkpoints."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -14,16 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mindspeed_mm.osp.vae.causal_conv import reset_streams
-from mindspeed_mm.osp.vae.checkpoint import (find_checkpoint_in_dir, infer_config, load_checkpoint_file,
-                                             normalize_official_keys, unwrap_state_dict)
+from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir, load_checkpoint_file
 from mindspeed_mm.osp.vae.config import WFVAEConfig, load_preset
 from mindspeed_mm.osp.vae.decoder import Decoder
 from mindspeed_mm.osp.vae.distribution import DiagonalGaussian
 from mindspeed_mm.osp.vae.encoder import Encoder
+from mindspeed_mm.osp.vae.official import (CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, folder_config, normalize_official_keys,
+                                           parse_official, unwrap_state_dict)
 from mindspeed_mm.osp.vae.tiling import tiled_apply
 
-FORMAT_NAME = "mindspeed_mm.osp.wfvae"
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 SPATIAL_COMPRESSION = 8
 VALUE_TOLERANCE = 1e-2  # pixels may exceed [-1, 1] by this much (resampling overshoot)
 
@@ -297,33 +294,9 @@ class WFVAE(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-        meta = {"format": FORMAT_NAME, "config": self.config.to_dict(), "official_config": self.config.to_official()}
+        meta = folder_config(self.config)
         _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))
         return directory
-
-
-def parse_official(config: Optional[Mapping], state_dict: Mapping) -> tuple[WFVAEConfig, dict[str, torch.Tensor]]:
-    """(config, weights with official names and dtypes, Haar filters dropped) from an official config dict (or
-    None) and a checkpoint in any released form. Keys are not checked here (`WFVAE.load_weights` does)."""
-    weights, extras = normalize_official_keys(unwrap_state_dict(state_dict))
-    config = dict(config or {})
-    for name, buf in extras.items():
-        config.setdefault(name, buf.flatten().tolist())
-    cfg = WFVAEConfig.from_official(config, inferred=infer_config(weights))
-    if "scale" not in config and "shift" not in config:
-        cfg = _released_scale_shift(cfg)
-    return cfg, weights
-
-
-def _released_scale_shift(cfg: WFVAEConfig) -> WFVAEConfig:
-    """Latent scale/shift of the released model with this architecture, when the checkpoint comes without them."""
-    for name in ("v13", "v15", "l16"):
-        preset = load_preset(name)
-        if dataclasses.replace(preset, scale=cfg.scale, shift=cfg.shift) == cfg:
-            return preset
-    warnings.warn("WF-VAE config has no latent scale/shift and the architecture matches no released model: using "
-                  "scale 0.18215, shift 0 (pass the official config.json for the right values)", stacklevel=4)
-    return cfg
 
 
 def _atomic_write(target: Path, write) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from mindspore import nn, ops
 
-from .config import WFVAEConfig
+from mindspeed_mm.osp.vae.config import WFVAEConfig
+
 from .layers import (AttnBlock3DFix, CausalConv3d, ChannelNorm, Downsample2D, Downsample3D, FrameConv2d,
                      HaarWavelet2D, HaarWavelet3D, InverseHaarWavelet2D, InverseHaarWavelet3D, ResnetBlock2D,
                      ResnetBlock3D, StreamSequential, Upsample2D, Upsample3D, _split, silu)
@@ -21,15 +22,15 @@ class Encoder(nn.Cell):
     def __init__(self, cfg: WFVAEConfig):
         super().__init__()
         c, ee, nrb = cfg.base_channels, cfg.encoder_energy_flow_hidden_size, cfg.encoder_num_resblocks
-        self.l1_3d = cfg.l1_3d
+        self.l1_3d = l1_3d = cfg.temporal_compression == 8  # v1.5: 3-D level-1 wavelet
         self.wavelet_in = HaarWavelet3D()
-        self.wavelet_l1 = HaarWavelet3D() if cfg.l1_3d else HaarWavelet2D()
+        self.wavelet_l1 = HaarWavelet3D() if l1_3d else HaarWavelet2D()
         self.wavelet_l2 = HaarWavelet3D()
         self.down1 = StreamSequential([FrameConv2d(24, c, 3, padding=1)] + [ResnetBlock2D(c, c) for _ in range(nrb)] +
-                                      [Downsample3D(c) if cfg.l1_3d else Downsample2D(c)])
+                                      [Downsample3D(c) if l1_3d else Downsample2D(c)])
         self.down2 = StreamSequential([FrameConv2d(c + ee, 2 * c, 3, padding=1)] +
                                       [ResnetBlock3D(2 * c, 2 * c) for _ in range(nrb)] + [Downsample3D(2 * c)])
-        self.connect_l1 = FrameConv2d(24 if cfg.l1_3d else 12, ee, 3, padding=1)
+        self.connect_l1 = FrameConv2d(24 if l1_3d else 12, ee, 3, padding=1)
         self.connect_l2 = FrameConv2d(24, ee, 3, padding=1)
         self.mid = StreamSequential([ResnetBlock3D(2 * c + ee, 4 * c), AttnBlock3DFix(4 * c), ResnetBlock3D(4 * c, 4 * c)])
         self.norm_out = ChannelNorm(4 * c)
@@ -63,20 +64,21 @@ class Decoder(nn.Cell):
         c, ed, nrb, crl = (cfg.base_channels, cfg.decoder_energy_flow_hidden_size, cfg.decoder_num_resblocks,
                            cfg.connect_res_layer_num)
         self.ed = ed
+        l1_3d = cfg.temporal_compression == 8
         self.conv_in = CausalConv3d(cfg.latent_dim, 4 * c, 3, padding=1)
         self.mid = StreamSequential([ResnetBlock3D(4 * c, 4 * c), AttnBlock3DFix(4 * c), ResnetBlock3D(4 * c, 4 * c + ed)])
         self.up2 = StreamSequential([ResnetBlock3D(4 * c, 4 * c) for _ in range(nrb)] + [Upsample3D(4 * c)] +
                                     [ResnetBlock3D(4 * c, 4 * c + ed)])
         self.up1 = StreamSequential([ResnetBlock3D(4 * c if i == 0 else 2 * c, 2 * c) for i in range(nrb)] +
-                                    [Upsample3D(2 * c) if cfg.l1_3d else Upsample2D(2 * c)] + [ResnetBlock3D(2 * c, 2 * c)])
+                                    [Upsample3D(2 * c) if l1_3d else Upsample2D(2 * c)] + [ResnetBlock3D(2 * c, 2 * c)])
         self.layer = StreamSequential([ResnetBlock3D(2 * c, c), ResnetBlock3D(c, c)])
         self.connect_l1 = StreamSequential([ResnetBlock3D(ed, ed) for _ in range(crl)] +
-                                           [FrameConv2d(ed, 24 if cfg.l1_3d else 12, 3, padding=1)])
+                                           [FrameConv2d(ed, 24 if l1_3d else 12, 3, padding=1)])
         self.connect_l2 = StreamSequential([ResnetBlock3D(ed, ed) for _ in range(crl)] + [FrameConv2d(ed, 24, 3, padding=1)])
         self.norm_out = ChannelNorm(c)
         self.conv_out = FrameConv2d(c, 24, 3, padding=1)
         self.inverse_wavelet_l2 = InverseHaarWavelet3D()
-        self.inverse_wavelet_l1 = InverseHaarWavelet3D() if cfg.l1_3d else InverseHaarWavelet2D()
+        self.inverse_wavelet_l1 = InverseHaarWavelet3D() if l1_3d else InverseHaarWavelet2D()
         self.inverse_wavelet_out = InverseHaarWavelet3D()
         parts = (1, self.mid.n_cache, self.connect_l2.n_cache, self.up2.n_cache, self.connect_l1.n_cache,
                  self.up1.n_cache, self.layer.n_cache)

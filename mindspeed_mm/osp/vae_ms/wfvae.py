@@ -17,8 +17,10 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .config import (WFVAEConfig, check_keys, is_fixed_filter_key, official_config_from_json, pretrained_json,
-                     read_pretrained, to_numpy, unwrap_official_state_dict)
+from mindspeed_mm.osp.vae.config import WFVAEConfig
+from mindspeed_mm.osp.vae.official import folder_config, is_fixed_filter_key, normalize_official_keys, parse_official
+
+from .checkpoint import check_keys, read_config, read_weights, to_numpy
 from .model import Decoder, Encoder
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -91,7 +93,9 @@ class WFVAE(nn.Cell):
 
     def __init__(self, config: WFVAEConfig, dtype=ms.float32):
         super().__init__()
-        config.validate()
+        if config.t_interpolation != "trilinear" or not config.use_attention:
+            raise ValueError("the MindSpore WF-VAE implements the released architecture only (t_interpolation "
+                             f"'trilinear', use_attention True); got {config.t_interpolation!r}, {config.use_attention}")
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
@@ -106,31 +110,33 @@ class WFVAE(nn.Cell):
     @classmethod
     def from_official(cls, config: Union[Mapping[str, Any], WFVAEConfig], state_dict: Mapping[str, Any],
                       dtype=ms.float32) -> "WFVAE":
-        """Build from the official constructor config and an official state dict or training checkpoint dict
-        (`ema_state_dict` / `module.` / `state_dict[gen_model]`); values numpy arrays or torch tensors.
-        Haar filters are built, never read; any other missing/unexpected key raises."""
-        cfg = config if isinstance(config, WFVAEConfig) else WFVAEConfig.from_official(config)
+        """Build from the official constructor config (or None: inferred from the shapes) and an official state dict
+        or training checkpoint dict (`ema_state_dict` / `module.` / `state_dict[gen_model]`, MindSpeed-MM names);
+        values numpy arrays or torch tensors. Haar filters are built, never read; any other missing/unexpected
+        key raises."""
+        if isinstance(config, WFVAEConfig):
+            cfg, weights = config, normalize_official_keys(state_dict)[0]
+        else:
+            cfg, weights = parse_official(config, state_dict)
         model = cls(cfg, dtype)
-        model.load_official_state_dict(state_dict)
+        model.load_official_state_dict(weights)
         return model
 
     @classmethod
     def from_pretrained(cls, path: str, dtype=ms.float32) -> "WFVAE":
         """Load our layout: `path/config.json` + `path/model.safetensors` (shared with the PyTorch model), or
         `path/config.json` + `path/model.ckpt` (written by `osp convert mindspore`), loaded strictly."""
-        import json
         import os
 
+        cfg, official = read_config(path)
         ckpt = os.path.join(path, "model.ckpt")
         if os.path.isfile(ckpt) and not os.path.isfile(os.path.join(path, "model.safetensors")):
             from mindspeed_mm.osp.convert.mindspore import load_into_net
 
-            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-                model = cls(WFVAEConfig.from_official(official_config_from_json(json.load(f))), dtype)
+            model = cls(cfg or WFVAEConfig.from_official(official), dtype)
             load_into_net(model, ckpt, ignore=is_fixed_filter_key)
             return model
-        config, weights = read_pretrained(path)
-        return cls.from_official(config, weights, dtype)
+        return cls.from_official(cfg or official, read_weights(path), dtype)
 
     def save_pretrained(self, directory: str, overwrite: bool = False) -> str:
         """Write `config.json` + `model.safetensors` (official names, float32), each atomically; the PyTorch
@@ -146,7 +152,7 @@ class WFVAE(nn.Cell):
         os.makedirs(directory, exist_ok=True)
         tmp = [f"{p}.tmp{os.getpid()}" for p in paths]
         with open(tmp[0], "w", encoding="utf-8") as f:
-            json.dump(pretrained_json(self.config.to_official()), f, indent=1)
+            json.dump(folder_config(self.config), f, indent=1)
         save_file(self.official_state_dict(), tmp[1], metadata={"format": "pt"})
         for t, p in zip(tmp, paths):
             os.replace(t, p)
@@ -156,7 +162,8 @@ class WFVAE(nn.Cell):
         return {p.name: tuple(p.shape) for p in self.get_parameters()}
 
     def load_official_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        sd = unwrap_official_state_dict(state_dict)
+        """Strict load of official-named weights (Haar filters allowed and ignored)."""
+        sd = dict(state_dict)
         check_keys(self.expected_shapes(), sd)
         for p in self.get_parameters():
             p.set_data(Tensor(np.ascontiguousarray(to_numpy(sd[p.name]), dtype=np.float32)).astype(p.dtype))
