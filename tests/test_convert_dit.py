@@ -243,6 +243,10 @@ def test_config_mismatch_and_layout_errors(tmp_path, tp2pp2):
         convert(tp2pp2, tp2pp2.parent, "megatron")
     with pytest.raises(ValueError, match=r"no 'ema_model' entry .*drop --ema"):
         convert(tp2pp2, tmp_path / "out", "megatron", ema=True)
+    with pytest.raises(ValueError, match=r"holds a v13 checkpoint \(by its key names\), not --model v15"):
+        convert(tp2pp2, tmp_path / "out", "official", version="v15")
+    with pytest.raises(ValueError, match=r"TP=2, this run uses TP=1.*osp convert dit --to megatron --tp 1 --pp 2 "):
+        megatron.read_megatron(tp2pp2, expect_tp=1)
     with pytest.raises(ValueError, match=r"v1.3 checkpoint without config.json; pass --config"):
         convert(tp2pp2, tmp_path / "out", "diffusers")
     assert not (tmp_path / "out").exists()

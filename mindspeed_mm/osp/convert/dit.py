@@ -29,14 +29,11 @@ def read_source(src, *, version=None, ema: bool = False, trust_pickle: bool = Fa
     if src.is_dir() and ((src / "config.json").is_file() or (src / "transformer" / "config.json").is_file()):
         config, state_dict = read_diffusers_folder(src)
     elif is_megatron_folder(src):
-        found, state_dict = read_megatron(src, ema=ema, trust_pickle=trust_pickle, version=version)
-        return found, state_dict, None
+        return (*read_megatron(src, ema=ema, trust_pickle=trust_pickle, version=version), None)
     else:
         config, state_dict = None, read_mindspeed_checkpoint(src, trust_pickle)
-    found = detect_version(list(state_dict), str(src))
-    if version is not None and found != version:
-        raise ValueError(f"{src} holds a {found} checkpoint (by its key names), not --model {version}")
-    return found, to_official_names(state_dict, found), config
+    version = detect_version(list(state_dict), str(src), version)
+    return version, to_official_names(state_dict, version), config
 
 
 def pick_config(config, version: str, source_config):
@@ -108,7 +105,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tp", type=int, default=1, help="megatron: tensor-parallel size")
     parser.add_argument("--pp", type=int, default=1, help="megatron: pipeline-parallel size")
     parser.add_argument("--vpp", type=int, help="megatron: virtual stages per pipeline rank (interleaved)")
-    parser.add_argument("--pp-layers", help="megatron: blocks per chunk, comma-separated, in chunk order "
+    parser.add_argument("--pp-layers", type=_counts, help="megatron: blocks per chunk, comma-separated, in chunk order "
                                             "vpp_index * pp + pp_rank (default: even split)")
     parser.add_argument("--names", choices=("mm", "official"), default="mm",
                         help="megatron, v1.3: MindSpeed-MM names (videodit_sparse_blocks, self_atten, ...) or the "
@@ -121,12 +118,19 @@ def add_arguments(parser) -> None:
                                          "v1.3 diffusers folder from a non-diffusers SRC (v1.5 default osp15_suv_8b)")
 
 
+def _counts(text: str) -> list:
+    import argparse
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated block counts, e.g. 14,18") from None
+
+
 def run(args) -> int:
     try:
-        layers = [int(n) for n in args.pp_layers.split(",")] if args.pp_layers else None
         shard = int(args.max_shard_size) if args.max_shard_size.isdigit() else args.max_shard_size
         out = convert(args.src, args.dst, args.to, version=args.model, tp=args.tp, pp=args.pp, vpp=args.vpp,
-                      pp_layers=layers, names=args.names, ema=args.ema, trust_pickle=args.trust_pickle,
+                      pp_layers=args.pp_layers, names=args.names, ema=args.ema, trust_pickle=args.trust_pickle,
                       max_shard_size=shard, config=args.config, overwrite=args.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"osp convert dit: error: {err}", file=sys.stderr)

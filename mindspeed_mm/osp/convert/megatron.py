@@ -77,14 +77,20 @@ def v13_from_mm(state_dict: StateDict) -> StateDict:
     return out
 
 
-def detect_version(keys: Sequence[str], what: str = "checkpoint") -> str:
-    """'v13' or 'v15' from the key names (either naming flavour)."""
+def detect_version(keys: Sequence[str], what: str = "checkpoint", expected: Optional[str] = None) -> str:
+    """'v13' or 'v15' from the key names (either naming flavour); `expected` (--model) must agree, and decides
+    when the names do not tell."""
     v15 = any(_V15_BLOCK.match(k) or k.startswith(("patch_embed.", "time_text_embed.")) for k in keys)
     v13 = any(k.startswith(("videodit_sparse_blocks.", "adaln_single.", "scale_shift_table"))
               or (_V13_BLOCK.match(k) and not _V15_BLOCK.match(k)) for k in keys)
     if v13 == v15:
+        if expected is not None:
+            return expected
         raise ValueError(f"{what}: cannot tell v1.3 from v1.5 by its key names; pass --model v13 or --model v15")
-    return "v13" if v13 else "v15"
+    found = "v13" if v13 else "v15"
+    if expected is not None and found != expected:
+        raise ValueError(f"{what} holds a {found} checkpoint (by its key names), not --model {expected}")
+    return found
 
 
 def to_official_names(state_dict: StateDict, version: str) -> StateDict:
@@ -346,8 +352,10 @@ def read_megatron(path, *, ema: bool = False, trust_pickle: bool = False, versio
     tp, pp, files = rank_grid(folder)
     if expect_tp is not None and tp != expect_tp:
         command = CONVERT_COMMAND.format(tp=expect_tp, src=path, dst=f"{path}_tp{expect_tp}")
+        if pp > 1:
+            command = command.replace(f" --tp {expect_tp} ", f" --tp {expect_tp} --pp {pp} ")
         raise ValueError(f"{path} holds tensor-parallel shards for TP={tp}, this run uses TP={expect_tp}; "
-                         f"re-cut it first: {command} (add --pp/--vpp for pipeline stages)")
+                         f"re-cut it first: {command}")
     prefix = "ema_model" if ema else "model"
     per_file = {}
     for (t, p), f in files.items():
@@ -356,8 +364,7 @@ def read_megatron(path, *, ema: bool = False, trust_pickle: bool = False, versio
     if len(vpps) > 1:
         raise ValueError(f"{folder}: shards hold different numbers of virtual-stage models {sorted(vpps)}")
     vpp = vpps.pop()
-    if version is None:
-        version = detect_version([k for chunks in per_file.values() for sd in chunks for k in sd], str(path))
+    version = detect_version([k for chunks in per_file.values() for sd in chunks for k in sd], str(path), version)
     plan = split_plan(version)
     chunks, labels = [], []
     for v in range(vpp):
