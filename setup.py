@@ -24,9 +24,12 @@ EXTRAS = {
     "video": ["av>=11", "opencv-python-headless>=4.8",
               'decord>=0.6; platform_machine == "x86_64" and python_version < "3.12"'],
     "megatron": ["megatron-core>=0.12.1,<0.17"],
+    # `osp convert dit --to diffusers` and pipeline folders: sharded safetensors via huggingface_hub.
+    "convert": ["huggingface_hub>=0.24"],
     "text": ["transformers>=4.40", "tokenizers", "sentencepiece"],
     # `osp sample`: the v1.3 sampler is diffusers' Euler-ancestral scheduler; images via Pillow.
-    "sample": ["diffusers>=0.30", "transformers>=4.40", "tokenizers", "sentencepiece", "pillow", "av>=11"],
+    "sample": ["diffusers>=0.30", "transformers>=4.40", "tokenizers", "sentencepiece", "pillow", "av>=11",
+               "huggingface_hub>=0.24"],
     "triton": ["triton>=3.0"],
     # MindSpore 2.10 breaks in PyNative with numpy 2.x (shared specs, ascend.md A2): pin numpy < 2 with it.
     "mindspore": ["mindspore>=2.6,<2.11", "numpy<2"],

@@ -118,15 +118,6 @@ def test_official_state_dict_round_trips():
     assert all(torch.equal(sd[k], weights[k].float()) for k in weights)
 
 
-def test_megatron_tp_shards_are_refused_with_advice(tmp_path):
-    meta, weights, _ = read_case("v15_suv")
-    for rank in ("mp_rank_00", "mp_rank_01"):
-        (tmp_path / "release" / rank).mkdir(parents=True)
-    (tmp_path / "latest_checkpointed_iteration.txt").write_text("release")
-    with pytest.raises(ValueError, match="merge the shards first"):
-        from_pretrained(tmp_path, config=meta["config"])
-
-
 class TrainingState:
     """Stands in for the Python objects of a Megatron training checkpoint (args, RNG states). Megatron adds
     argparse.Namespace to torch's safe globals once imported, so the test uses a class nobody allowlists."""

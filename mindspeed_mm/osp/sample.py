@@ -65,8 +65,10 @@ def register(subparsers) -> None:
                                           "together, and write one pipeline folder for `osp sample --model`.")
     m.add_argument("--version", choices=("v1.3", "v1.5"), required=True)
     m.add_argument("--transformer", required=True,
-                   help="v1.3: diffusers transformer/ folder; v1.5: model_ema.pt, model_optim_rng.pt or Megatron folder")
-    m.add_argument("--transformer-config", help="v1.5: SparseUMMDiT kwargs (JSON file or preset; default osp15_suv_8b)")
+                   help="v1.3: diffusers transformer/ folder; v1.5: model_ema.pt, model_optim_rng.pt; either: a "
+                        "Megatron folder (any TP/PP, merged)")
+    m.add_argument("--transformer-config", help="official kwargs (JSON file or preset): v1.5 default osp15_suv_8b; "
+                                                "needed for a v1.3 Megatron folder (e.g. osp13_t2v_2b)")
     m.add_argument("--vae", required=True, help="WF-VAE folder (config.json + checkpoint) or checkpoint file")
     m.add_argument("--text-encoder", required=True, help="transformers folder: mT5-XXL (v1.3) / T5-v1.1-XL (v1.5)")
     m.add_argument("--tokenizer", help="tokenizer folder (default: the text encoder folder)")
@@ -74,6 +76,8 @@ def register(subparsers) -> None:
     m.add_argument("--tokenizer-2", help="v1.5: CLIP tokenizer folder (default: the CLIP folder)")
     m.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype the weights are stored in")
     m.add_argument("--output", required=True, help="pipeline folder to write")
+    m.add_argument("--max-shard-size", default="5GB",
+                   help="largest transformer safetensors shard (e.g. 2GB; bigger weights are split, with an index)")
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=run_make_pipeline)
 
@@ -89,7 +93,7 @@ def run_make_pipeline(args: argparse.Namespace) -> int:
         pipe = assemble_pipeline(args.version, args.transformer, args.vae, args.text_encoder, args.tokenizer,
                                  args.text_encoder_2, args.tokenizer_2, args.transformer_config,
                                  dtype=getattr(torch, DTYPES[args.dtype]))
-        folder = pipe.save_pretrained(args.output, overwrite=args.overwrite)
+        folder = pipe.save_pretrained(args.output, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}")
     print(f"wrote {folder} ({args.version}, {args.dtype}); sample with: osp sample --model {folder} --prompt ...")

@@ -11,6 +11,7 @@ import importlib
 CONVERTER_MODULES = (
     "mindspeed_mm.osp.convert.wfvae",
     "mindspeed_mm.osp.convert.mindspore",
+    "mindspeed_mm.osp.convert.dit",
 )
 
 

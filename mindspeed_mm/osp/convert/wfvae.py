@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
+
+from mindspeed_mm.osp.convert.files import replace_dir
 
 NAME = "wfvae"
 HELP = "WF-VAE: official checkpoint <-> mindspeed_mm.osp layout (bit-exact)"
@@ -70,7 +71,7 @@ def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    _replace_dir(dst, write)
+    replace_dir(dst, write)
     return dst
 
 
@@ -107,29 +108,8 @@ def osp_to_official(src, dst, overwrite: bool = False) -> Path:
     def write(tmp: Path) -> None:
         torch.save({"ema_state_dict": weights, "state_dict": {"gen_model": weights}}, tmp / OFFICIAL_CHECKPOINT_NAME)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_official(), indent=1) + "\n")
-    _replace_dir(dst, write)
+    replace_dir(dst, write)
     return dst
-
-
-def _replace_dir(dst: Path, write) -> None:
-    """Write a directory's files into a temporary sibling, then move it into place."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o755)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old."))
-            os.replace(dst, old / dst.name)
-            os.replace(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def add_arguments(parser) -> None:

@@ -2,12 +2,14 @@
 
 Layouts read here (`from_pretrained` picks by what it finds):
 
-* v1.3, diffusers style: a `transformer/` folder (or its parent) with `config.json` and
-  `diffusion_pytorch_model.safetensors`, or shards listed in `diffusion_pytorch_model.safetensors.index.json`.
+* diffusers style (v1.3 as released; v1.5 as written by `osp convert dit --to diffusers`): a `transformer/`
+  folder (or its parent) with `config.json` and `diffusion_pytorch_model.safetensors`, or shards listed in
+  `diffusion_pytorch_model.safetensors.index.json`; the model class comes from `_class_name`.
 * v1.5, MindSpeed-MM / PKU: `model_ema.pt` (`{"ema_state_dict": sd}` or a plain state dict, `module.` prefixes
-  allowed), a Megatron `release/mp_rank_00/model_optim_rng.pt` (`{"model": sd}`) or the folder holding
-  `latest_checkpointed_iteration.txt`; tensor-parallel degree 1 only. PKU key names (`to_q`, `add_q_proj`, ...)
-  are renamed to the MindSpeed-MM ones.
+  allowed), a `model_optim_rng.pt` (`{"model": sd}`) or a .safetensors file. PKU key names (`to_q`,
+  `add_q_proj`, ...) are renamed to the MindSpeed-MM ones.
+* Megatron folders (`latest_checkpointed_iteration.txt`, `mp_rank_XX[_YYY]/`) of either version at any TP x PP
+  (x VPP), merged by `mindspeed_mm.osp.convert.megatron`.
 
 Checkpoints trained with TP > 1 in the PKU branch carry unused text-stream weights for the last block
 (`attn1.to_add_out`, `norm2.norm_enc`, `ff_enc`); they are dropped with a logged note. Any other unexpected or
@@ -179,7 +181,8 @@ def load_tensor_file(path: PathLike, trust_pickle: bool = False) -> dict:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
         raise ValueError(f"{path} holds Python objects besides tensors (e.g. Megatron `args`, RNG states), so the "
-                         f"safe loader refuses it. If you trust the file, pass trust_pickle=True. Detail: {str(err).splitlines()[0]}") from None
+                         "safe loader refuses it. If you trust the file, pass trust_pickle=True (CLI: --trust-pickle). "
+                         f"Detail: {str(err).splitlines()[0]}") from None
 
 
 def read_diffusers_folder(path: PathLike) -> tuple[dict, dict]:
@@ -209,29 +212,53 @@ def read_diffusers_folder(path: PathLike) -> tuple[dict, dict]:
     return config, load_tensor_file(files[0])
 
 
-def _megatron_file(path: Path) -> Path:
-    """Resolve a Megatron checkpoint folder to its TP=1 `model_optim_rng.pt`."""
-    tracker = path / "latest_checkpointed_iteration.txt"
-    if tracker.is_file():
-        it = tracker.read_text().strip()
-        path = path / ("release" if it == "release" else f"iter_{int(it):07d}")
-    ranks = sorted(p.name for p in path.glob("mp_rank_*") if p.is_dir())
-    if not ranks:
-        raise FileNotFoundError(f"{path}: no mp_rank_* folders (expected a Megatron checkpoint)")
-    if ranks != ["mp_rank_00"]:
-        raise ValueError(f"{path} is sharded over {ranks}: only tensor/pipeline-parallel degree 1 loads here; "
-                         f"merge the shards first (osp convert) or load it under the same parallel layout")
-    return path / "mp_rank_00" / "model_optim_rng.pt"
+def diffusers_config(model) -> dict:
+    """What a diffusers config.json holds for `model`: its official kwargs and `_class_name`."""
+    config = dict(model.config.to_official())
+    config.setdefault("_class_name", "SparseUMMDiT" if type(model).__name__ == "SUVDiT" else type(model).__name__)
+    return config
 
 
-def read_mindspeed_checkpoint(path: PathLike, trust_pickle: bool = False) -> dict:
-    """State dict of a v1.5 checkpoint: model_ema.pt, model_optim_rng.pt, a Megatron folder (TP=1) or a
-    .safetensors file."""
+DIFFUSERS_WEIGHTS_PATTERN = "diffusion_pytorch_model{suffix}.safetensors"
+
+
+def write_diffusers_folder(config: dict, state_dict: dict, folder: PathLike, max_shard_size="5GB",
+                           overwrite: bool = False) -> Path:
+    """Write a diffusers model folder atomically: config.json (with `_class_name`) and
+    diffusion_pytorch_model[-0000X-of-0000N].safetensors (+ .index.json when sharded), via huggingface_hub."""
+    from mindspeed_mm.osp.convert.files import check_target, replace_dir
+    try:
+        from huggingface_hub import save_torch_state_dict
+    except ImportError:
+        raise ImportError("writing diffusers folders needs huggingface_hub: pip install 'mindspeed-mm-osp[convert]'")\
+            from None
+    if "_class_name" not in config:
+        raise ValueError("config needs `_class_name` (OpenSoraT2V_v1_3, OpenSoraInpaint_v1_3 or SparseUMMDiT)")
+    folder = Path(folder)
+    check_target(folder, overwrite)
+
+    def write(tmp: Path) -> None:
+        save_torch_state_dict({k: v.detach().cpu() for k, v in state_dict.items()}, tmp,
+                              filename_pattern=DIFFUSERS_WEIGHTS_PATTERN, max_shard_size=max_shard_size)
+        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    replace_dir(folder, write)
+    return folder
+
+
+def read_mindspeed_checkpoint(path: PathLike, trust_pickle: bool = False, ema: bool = False) -> dict:
+    """State dict of a checkpoint file (model_ema.pt, model_optim_rng.pt, .safetensors) or of a folder holding
+    model_ema.pt / model.pt or a Megatron checkpoint (merged from any TP x PP; `ema`: its "ema_model")."""
+    from mindspeed_mm.osp.convert.megatron import is_megatron_folder, read_megatron
     path = Path(path)
     if path.is_dir():
         candidates = [path / "model_ema.pt", path / "model.pt"]
         found = next((c for c in candidates if c.is_file()), None)
-        path = found if found is not None else _megatron_file(path)
+        if found is None and is_megatron_folder(path):
+            return read_megatron(path, ema=ema, trust_pickle=trust_pickle)[1]
+        if found is None:
+            raise FileNotFoundError(f"{path}: no model_ema.pt, model.pt, config.json or Megatron mp_rank_* folders")
+        path = found
     obj = load_tensor_file(path, trust_pickle)
     if isinstance(obj, dict):
         for key in ("ema_state_dict", "model", "state_dict"):
@@ -245,12 +272,29 @@ def read_mindspeed_checkpoint(path: PathLike, trust_pickle: bool = False) -> dic
     return strip_prefix(obj)
 
 
+def dit_class(config: dict):
+    """The model class of a diffusers-style config.json, by `_class_name`."""
+    from mindspeed_mm.osp.dit.osp13 import OSP13DiT
+    from mindspeed_mm.osp.dit.suv import SUVDiT
+    classes = {"OpenSoraT2V_v1_3": OSP13DiT, "OpenSoraInpaint_v1_3": OSP13DiT, "OSP13DiT": OSP13DiT,
+               "SparseUMMDiT": SUVDiT, "SUVDiT": SUVDiT}
+    name = config.get("_class_name")
+    if name is None:  # hand-written configs: v1.5 lists blocks per stage
+        return SUVDiT if isinstance(config.get("num_layers"), list) else OSP13DiT
+    if name not in classes:
+        raise ValueError(f"unknown denoiser class _class_name={name!r}; known: {sorted(classes)}")
+    return classes[name]
+
+
 def from_pretrained(path: PathLike, config: Optional[Union[dict, str, PathLike]] = None, *,
                     dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
-                    trust_pickle: bool = False) -> nn.Module:
-    """Load a released denoiser. v1.3: a diffusers `transformer/` folder (its config.json is used; a weights
-    file inside it works too). v1.5: model_ema.pt / Megatron checkpoint / .safetensors; `config` =
-    SparseUMMDiT kwargs (dict, JSON path or preset name, default preset `osp15_suv_8b`)."""
+                    trust_pickle: bool = False, ema: bool = False) -> nn.Module:
+    """Load a denoiser. A diffusers `transformer/` folder (its config.json and `_class_name` are used; a weights
+    file inside it works too), or a v1.5 model_ema.pt / .safetensors / model_optim_rng.pt, or a Megatron folder
+    of either version at any TP x PP. `config` = official kwargs (dict, JSON path or preset name; default: the
+    folder's config.json, else preset `osp15_suv_8b` for v1.5; required for a v1.3 checkpoint without one).
+    `ema`: a Megatron folder's "ema_model" weights."""
+    from mindspeed_mm.osp.convert.megatron import detect_version, to_official_names
     from mindspeed_mm.osp.dit.osp13 import OSP13DiT
     from mindspeed_mm.osp.dit.suv import SUVDiT
 
@@ -262,14 +306,22 @@ def from_pretrained(path: PathLike, config: Optional[Union[dict, str, PathLike]]
     if path.is_dir() and ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()):
         official_config, state_dict = read_diffusers_folder(path)
         if config is not None:
-            official_config = _read_config(config)
-        return OSP13DiT.from_official(official_config, state_dict, dtype=dtype, device=device)
-    state_dict = read_mindspeed_checkpoint(path, trust_pickle)
-    suv_config = _read_config(config if config is not None else "osp15_suv_8b")
+            official_config = read_config(config)
+        return dit_class(official_config).from_official(official_config, state_dict, dtype=dtype, device=device)
+    state_dict = read_mindspeed_checkpoint(path, trust_pickle, ema)
+    version = detect_version(list(state_dict), str(path))
+    state_dict = to_official_names(state_dict, version)
+    if version == "v13":
+        if config is None:
+            raise ValueError(f"{path} is a v1.3 checkpoint without config.json: pass its config (config=... / "
+                             "--transformer-config: a config.json or a preset such as osp13_t2v_2b)")
+        return OSP13DiT.from_official(read_config(config), state_dict, dtype=dtype, device=device)
+    suv_config = read_config(config if config is not None else "osp15_suv_8b")
     return SUVDiT.from_official(suv_config, state_dict, dtype=dtype, device=device)
 
 
-def _read_config(config: Union[dict, str, PathLike]) -> dict:
+def read_config(config: Union[dict, str, PathLike]) -> dict:
+    """Official kwargs from a dict, a JSON file (MindSpeed-MM model JSON: its "predictor") or a preset name."""
     if isinstance(config, dict):
         return config
     p = Path(config)

@@ -118,7 +118,3 @@ class ConditioningLinear(ColumnParallelLinear):
 
 
 KINDS = {"column": ColumnLinear, "row": RowLinear, "conditioning": ConditioningLinear}
-
-# Which dimension of the official weight/bias each kind splits (None: replicated). Used by converters and
-# the full-state-dict gather.
-SPLIT_DIMS = {"column": (0, 0), "conditioning": (0, 0), "row": (1, None)}

@@ -19,6 +19,10 @@ from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 
+# Which dimension of the official weight / bias each kind of linear is cut along over TP (None: replicated).
+# The checkpoint converter reads it; parallel/layers.py cuts the same way when it builds the parallel linears.
+SPLIT_DIMS = {"column": (0, 0), "conditioning": (0, 0), "row": (1, None)}
+
 
 @dataclass
 class ParallelPlan:
@@ -52,6 +56,15 @@ class ParallelPlan:
             if any(fnmatchcase(name, p) for p in patterns):
                 return kind
         return None
+
+    def split_dim(self, key: str):
+        """The dimension along which parameter `key` (official name) is cut over TP, or None when replicated."""
+        module, _, leaf = key.rpartition(".")
+        kind = self.kind_of(module)
+        if kind is None:
+            return None
+        weight_dim, bias_dim = SPLIT_DIMS[kind]
+        return weight_dim if leaf == "weight" else bias_dim if leaf == "bias" else None
 
     def gathered_args(self, name: str):
         for pattern, n in self.gather_inputs.items():

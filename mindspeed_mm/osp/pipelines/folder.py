@@ -2,8 +2,8 @@
 (+ text_encoder_2/ tokenizer_2/ for v1.5) scheduler/.
 
 transformer/: config.json (official constructor kwargs + `_class_name`) and diffusion_pytorch_model.safetensors
-under the official parameter names; vae/: WFVAE.save_pretrained; text encoders/tokenizers: transformers folders;
-scheduler/: scheduler_config.json.
+(or -0000X-of-0000N shards + .index.json above `max_shard_size`) under the official parameter names;
+vae/: WFVAE.save_pretrained; text encoders/tokenizers: transformers folders; scheduler/: scheduler_config.json.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Optional
 
 import torch
 
@@ -21,52 +21,23 @@ from ..text import TEMPLATES, TextConditioner, load_text_encoder, load_tokenizer
 
 INDEX_FILE = "model_index.json"
 TRANSFORMER_CONFIG = "config.json"
-TRANSFORMER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 PIPELINE_CLASS = "OSPVideoPipeline"
 
 
-def _dit_loaders() -> Dict[str, Callable]:
-    """Official `_class_name` -> (config, state_dict, dtype) -> model."""
-    from .. import dit
+def save_transformer(model, folder: Path, max_shard_size="5GB") -> None:
+    from ..dit.loading import diffusers_config, write_diffusers_folder
 
-    loaders = {}
-    for name in ("OpenSoraT2V_v1_3", "OpenSoraInpaint_v1_3", "OSP13DiT"):
-        loaders[name] = lambda c, sd, dtype: dit.OSP13DiT.from_official(c, sd, dtype=dtype)
-    for name in ("SparseUMMDiT", "SUVDiT"):
-        loaders[name] = lambda c, sd, dtype: dit.SUVDiT.from_official(c, sd, dtype=dtype)
-    return loaders
-
-
-def transformer_class_name(model) -> str:
-    official = model.config.to_official()
-    return official.get("_class_name") or ("SparseUMMDiT" if type(model).__name__ == "SUVDiT" else type(model).__name__)
-
-
-def save_transformer(model, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config = dict(model.config.to_official())
-    config.setdefault("_class_name", transformer_class_name(model))
     state = model.official_state_dict() if hasattr(model, "official_state_dict") else model.state_dict()
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / TRANSFORMER_WEIGHTS))
-    (folder / TRANSFORMER_CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+    write_diffusers_folder(diffusers_config(model), state, folder, max_shard_size)
 
 
 def load_transformer(folder: Path, dtype: torch.dtype = torch.float32):
-    from safetensors.torch import load_file
+    from ..dit import from_pretrained
 
-    config_file, weights_file = folder / TRANSFORMER_CONFIG, folder / TRANSFORMER_WEIGHTS
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing: the pipeline's transformer/ folder needs {TRANSFORMER_CONFIG} "
-                                    f"and {TRANSFORMER_WEIGHTS}")
-    config = json.loads(config_file.read_text())
-    loaders = _dit_loaders()
-    name = config.get("_class_name")
-    if name not in loaders:
-        raise ValueError(f"{config_file}: unknown or unavailable denoiser class {name!r}; known: {sorted(loaders)}")
-    return loaders[name](config, load_file(str(weights_file)), dtype).eval().requires_grad_(False)
+    if not (folder / TRANSFORMER_CONFIG).is_file():
+        raise FileNotFoundError(f"{folder / TRANSFORMER_CONFIG} is missing: the pipeline's transformer/ folder needs "
+                                f"{TRANSFORMER_CONFIG} and diffusion_pytorch_model*.safetensors")
+    return from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
 
 
 def _require(folder: Path, name: str) -> Path:
@@ -77,8 +48,9 @@ def _require(folder: Path, name: str) -> Path:
     return path
 
 
-def save_pipeline(pipe, folder, overwrite: bool = False) -> Path:
-    """Write all components to a temporary folder next to `folder`, then move it into place."""
+def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -> Path:
+    """Write all components to a temporary folder next to `folder`, then move it into place (the transformer's
+    weights in safetensors shards of at most `max_shard_size`)."""
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists; pass overwrite=True (CLI: --overwrite) or choose another folder")
@@ -87,7 +59,7 @@ def save_pipeline(pipe, folder, overwrite: bool = False) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        save_transformer(pipe.transformer, tmp / "transformer")
+        save_transformer(pipe.transformer, tmp / "transformer", max_shard_size)
         pipe.vae.save_pretrained(tmp / "vae")
         pipe.text.encoder.save_pretrained(tmp / "text_encoder")
         pipe.text.tokenizer.save_pretrained(tmp / "tokenizer")

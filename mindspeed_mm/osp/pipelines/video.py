@@ -68,11 +68,11 @@ class VideoPipeline:
         self._inpaint = bool(getattr(transformer.config, "inpaint", False))
 
     # ------------------------------------------------------------------ folders
-    def save_pretrained(self, folder, overwrite: bool = False):
+    def save_pretrained(self, folder, overwrite: bool = False, max_shard_size="5GB"):
         """Write the diffusers-style pipeline folder (see pipelines/folder.py)."""
         from .folder import save_pipeline
 
-        return save_pipeline(self, folder, overwrite=overwrite)
+        return save_pipeline(self, folder, overwrite=overwrite, max_shard_size=max_shard_size)
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> "VideoPipeline":

@@ -1,0 +1,38 @@
+"""Writing converter outputs atomically: a whole folder appears at once, or nothing changes."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def check_target(dst: Path, overwrite: bool) -> None:
+    """Refuse an existing file or non-empty folder unless `overwrite`."""
+    if dst.exists() and not overwrite and (dst.is_file() or any(dst.iterdir())):
+        raise FileExistsError(f"{dst} exists and is not empty; choose a new output path or pass --overwrite "
+                              "(overwrite=True) to replace it")
+
+
+def replace_dir(dst: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp)` on a temporary sibling folder, then move it into place (replacing `dst`)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
+    try:
+        write(tmp)
+        for root, dirs, files in os.walk(tmp):
+            os.chmod(root, 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old."))
+            os.replace(dst, old / dst.name)
+            os.replace(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
