@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-import torch
-
 from mindspeed_mm.osp.dit.osp13 import OSP13State
 from mindspeed_mm.osp.dit.suv import SUVState
 from mindspeed_mm.osp.parallel.plan import ParallelPlan, register_plan
