@@ -18,24 +18,6 @@ HELP = "DiT (v1.3 / v1.5): diffusers / official / Megatron TP x PP x VPP checkpo
 TARGETS = ("megatron", "official", "diffusers")
 
 
-def read_source(src, *, version=None, ema: bool = False, trust_pickle: bool = False):
-    """(version, official state dict, config from SRC's config.json or None)."""
-    from mindspeed_mm.osp.convert.megatron import detect_version, is_megatron_folder, read_megatron, \
-        to_official_names
-    from mindspeed_mm.osp.dit.loading import read_diffusers_folder, read_mindspeed_checkpoint
-    src = Path(src)
-    if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist")
-    if src.is_dir() and ((src / "config.json").is_file() or (src / "transformer" / "config.json").is_file()):
-        config, state_dict = read_diffusers_folder(src)
-    elif is_megatron_folder(src):
-        return (*read_megatron(src, ema=ema, trust_pickle=trust_pickle, version=version), None)
-    else:
-        config, state_dict = None, read_mindspeed_checkpoint(src, trust_pickle)
-    version = detect_version(list(state_dict), str(src), version)
-    return version, to_official_names(state_dict, version), config
-
-
 def pick_config(config, version: str, source_config):
     """--config (preset name or JSON file) or SRC's own config; v1.5 falls back to the 8B preset."""
     from mindspeed_mm.osp.dit.loading import read_config
@@ -51,12 +33,12 @@ def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=No
             config=None, overwrite: bool = False) -> Path:
     from mindspeed_mm.osp.convert.files import check_target
     from mindspeed_mm.osp.convert.megatron import check_against_config, structural_model, write_megatron
-    from mindspeed_mm.osp.dit.loading import diffusers_config, write_diffusers_folder
+    from mindspeed_mm.osp.dit.loading import diffusers_config, read_checkpoint, write_diffusers_folder
     if to not in TARGETS:
         raise ValueError(f"--to {to!r}: choose one of {TARGETS}")
     dst = Path(dst)
     check_target(dst, overwrite)  # before reading a large checkpoint
-    version, state_dict, source_config = read_source(src, version=version, ema=ema, trust_pickle=trust_pickle)
+    version, state_dict, source_config = read_checkpoint(src, version=version, ema=ema, trust_pickle=trust_pickle)
     explicit = config is not None or source_config is not None
     config = pick_config(config, version, source_config)
     if explicit or to == "diffusers":

@@ -1,15 +1,16 @@
 """Loading released denoiser weights: layouts, key renames and strict key checks.
 
-Layouts read here (`from_pretrained` picks by what it finds):
+Layouts read here (`read_checkpoint` / `from_pretrained` pick by what they find):
 
 * diffusers style (v1.3 as released; v1.5 as written by `osp convert dit --to diffusers`): a `transformer/`
   folder (or its parent) with `config.json` and `diffusion_pytorch_model.safetensors`, or shards listed in
-  `diffusion_pytorch_model.safetensors.index.json`; the model class comes from `_class_name`.
+  `diffusion_pytorch_model.safetensors.index.json`.
 * v1.5, MindSpeed-MM / PKU: `model_ema.pt` (`{"ema_state_dict": sd}` or a plain state dict, `module.` prefixes
   allowed), a `model_optim_rng.pt` (`{"model": sd}`) or a .safetensors file. PKU key names (`to_q`,
   `add_q_proj`, ...) are renamed to the MindSpeed-MM ones.
 * Megatron folders (`latest_checkpointed_iteration.txt`, `mp_rank_XX[_YYY]/`) of either version at any TP x PP
   (x VPP), merged by `mindspeed_mm.osp.convert.megatron`.
+The model family (v1.3 / v1.5) is told by the key names.
 
 Checkpoints trained with TP > 1 in the PKU branch carry unused text-stream weights for the last block
 (`attn1.to_add_out`, `norm2.norm_enc`, `ff_enc`); they are dropped with a logged note. Any other unexpected or
@@ -272,52 +273,48 @@ def read_mindspeed_checkpoint(path: PathLike, trust_pickle: bool = False, ema: b
     return strip_prefix(obj)
 
 
-def dit_class(config: dict):
-    """The model class of a diffusers-style config.json, by `_class_name`."""
-    from mindspeed_mm.osp.dit.osp13 import OSP13DiT
-    from mindspeed_mm.osp.dit.suv import SUVDiT
-    classes = {"OpenSoraT2V_v1_3": OSP13DiT, "OpenSoraInpaint_v1_3": OSP13DiT, "OSP13DiT": OSP13DiT,
-               "SparseUMMDiT": SUVDiT, "SUVDiT": SUVDiT}
-    name = config.get("_class_name")
-    if name is None:  # hand-written configs: v1.5 lists blocks per stage
-        return SUVDiT if isinstance(config.get("num_layers"), list) else OSP13DiT
-    if name not in classes:
-        raise ValueError(f"unknown denoiser class _class_name={name!r}; known: {sorted(classes)}")
-    return classes[name]
-
-
-def from_pretrained(path: PathLike, config: Optional[Union[dict, str, PathLike]] = None, *,
-                    dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
-                    trust_pickle: bool = False, ema: bool = False) -> nn.Module:
-    """Load a denoiser. A diffusers `transformer/` folder (its config.json and `_class_name` are used; a weights
-    file inside it works too), or a v1.5 model_ema.pt / .safetensors / model_optim_rng.pt, or a Megatron folder
-    of either version at any TP x PP. `config` = official kwargs (dict, JSON path or preset name; default: the
-    folder's config.json, else preset `osp15_suv_8b` for v1.5; required for a v1.3 checkpoint without one).
-    `ema`: a Megatron folder's "ema_model" weights."""
-    from mindspeed_mm.osp.convert.megatron import detect_version, to_official_names
-    from mindspeed_mm.osp.dit.osp13 import OSP13DiT
-    from mindspeed_mm.osp.dit.suv import SUVDiT
-
+def read_checkpoint(path: PathLike, *, version: Optional[str] = None, ema: bool = False,
+                    trust_pickle: bool = False) -> tuple[str, dict, Optional[dict]]:
+    """(version "v13"/"v15", state dict under the official names, the folder's config.json or None) of any
+    supported source: a diffusers `transformer/` folder (sharded or not; or its weights file), a v1.5
+    `model_ema.pt` / `.pt` / `.safetensors`, or a Megatron folder of either version at any TP x PP x VPP
+    (`ema`: its "ema_model" weights). `version` must agree with the key names, and decides when they do not tell."""
+    from mindspeed_mm.osp.convert.megatron import detect_version, is_megatron_folder, read_megatron, \
+        to_official_names
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_file() and path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
         path = path.parent
     if path.is_dir() and ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()):
-        official_config, state_dict = read_diffusers_folder(path)
-        if config is not None:
-            official_config = read_config(config)
-        return dit_class(official_config).from_official(official_config, state_dict, dtype=dtype, device=device)
-    state_dict = read_mindspeed_checkpoint(path, trust_pickle, ema)
-    version = detect_version(list(state_dict), str(path))
-    state_dict = to_official_names(state_dict, version)
-    if version == "v13":
-        if config is None:
+        config, state_dict = read_diffusers_folder(path)
+    elif is_megatron_folder(path):
+        return (*read_megatron(path, ema=ema, trust_pickle=trust_pickle, version=version), None)
+    else:
+        config, state_dict = None, read_mindspeed_checkpoint(path, trust_pickle, ema)
+    version = detect_version(list(state_dict), str(path), version)
+    return version, to_official_names(state_dict, version), config
+
+
+def from_pretrained(path: PathLike, config: Optional[Union[dict, str, PathLike]] = None, *,
+                    dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
+                    trust_pickle: bool = False, ema: bool = False) -> nn.Module:
+    """Load a denoiser from any source `read_checkpoint` reads. `config` = official kwargs (dict, JSON path or
+    preset name; default: the folder's config.json, else preset `osp15_suv_8b` for v1.5; required for a v1.3
+    checkpoint without one)."""
+    from mindspeed_mm.osp.dit.osp13 import OSP13DiT
+    from mindspeed_mm.osp.dit.suv import SUVDiT
+
+    version, state_dict, official_config = read_checkpoint(path, ema=ema, trust_pickle=trust_pickle)
+    if config is not None:
+        official_config = read_config(config)
+    if official_config is None:
+        if version == "v13":
             raise ValueError(f"{path} is a v1.3 checkpoint without config.json: pass its config (config=... / "
                              "--transformer-config: a config.json or a preset such as osp13_t2v_2b)")
-        return OSP13DiT.from_official(read_config(config), state_dict, dtype=dtype, device=device)
-    suv_config = read_config(config if config is not None else "osp15_suv_8b")
-    return SUVDiT.from_official(suv_config, state_dict, dtype=dtype, device=device)
+        official_config = read_config("osp15_suv_8b")
+    cls = OSP13DiT if version == "v13" else SUVDiT
+    return cls.from_official(official_config, state_dict, dtype=dtype, device=device)
 
 
 def read_config(config: Union[dict, str, PathLike]) -> dict:
