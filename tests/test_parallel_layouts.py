@@ -26,10 +26,10 @@ CASES = [
 # 3 AdamW steps (distributed optimizer, clip 1.0, weight decay) vs the same steps on one device
 TRAIN_CASES = ["toy/train_tp2_sp_pp2", "toy/train_tp2_sp", "toy/train_pp2_vpp2", "toy/train_pp2_cp2",
                "v15/train_tp2_sp_cp2"]
-# train 2 steps under the first layout, save a distributed checkpoint, load it under each other layout (into other
-# initial weights) and train 2 more steps: equal to 4 uninterrupted steps on one device
-# (v15/resume_tp2_sp_cp2-tp4 passes too, but adds about a minute on 2 cores: run it by hand with run_cases.py)
-RESUME_CASES = ["toy/resume_tp2_sp_pp2-tp1-tp4_sp-pp2_cp2"]
+# train 2 scheduled steps (warmup + cosine) under the first layout, save a distributed checkpoint, load it under each
+# other layout (into other initial weights and RNG states) and train 2 more steps: equal to 4 uninterrupted steps on
+# one device; loading under the saved layout also restores every rank's RNG
+RESUME_CASES = ["toy/resume_tp2_sp_pp2-tp2_sp_pp2-tp1-tp4_sp-pp2_cp2", "v15/resume_tp2_sp_cp2-tp4"]
 TRAIN_TOL = 1e-5       # losses and grad norms
 WEIGHT_TOL = 1e-4      # Adam divides by sqrt(v): tiny grad differences move weights by more (spec, Adam note)
 
@@ -39,7 +39,8 @@ WEIGHT_TOL = 1e-4      # Adam divides by sqrt(v): tiny grad differences move wei
 # tools/bootstrap_env.sh builds .venv-megatron012 (megatron-core 0.12.1 over the main venv); override with the env var.
 _BOOTSTRAPPED_ALT = ROOT / ".venv-megatron012" / "bin" / "python"
 OTHER_MEGATRON_PYTHON = os.environ.get("OSP_MEGATRON_ALT_PYTHON") or (str(_BOOTSTRAPPED_ALT) if _BOOTSTRAPPED_ALT.exists() else None)
-ALT_CASES = ["toy/tp2_sp", "toy/pp2_vpp2", "toy/cp2", "toy/train_tp2_sp", "toy/train_pp2", "toy/train_cp2"]
+ALT_CASES = ["toy/tp2_sp", "toy/pp2_vpp2", "toy/cp2", "toy/train_tp2_sp", "toy/train_pp2", "toy/train_cp2",
+             "toy/resume_tp2_sp-tp2_sp-pp2"]
 
 
 def _launch(python: str, nproc: int, cases, out: Path) -> dict:
@@ -77,19 +78,28 @@ def test_training_matches_single_device(results, case):
     assert result["weight_max_diff"] <= WEIGHT_TOL
 
 
-@pytest.mark.parametrize("case", RESUME_CASES)
-def test_checkpoint_reloads_under_other_layouts(results, case):
-    result = results[case]
-    loads = case.split("-")[1:]
-    assert result["first_loss_max_diff"] <= TRAIN_TOL
+def _check_resume(case: str, result: dict) -> None:
+    save_layout, *loads = case.partition("resume_")[2].split("-")
+    assert result["first_loss_max_diff"] <= TRAIN_TOL and result["first_lr_max_diff"] <= 1e-12
     assert result["latest"] == "2"
     assert "already exists" in result["overwrite_error"]  # a second save of iteration 2 is refused
+    assert "lr_decay_steps': (9, 8)" in result["schedule_error"]  # another schedule is refused, naming the setting
     for layout in loads:
         r = result[layout]
-        assert r["iteration"] == 2, layout
+        assert r["iteration"] == 2 and r["extra_equal"], layout
         assert r["adam_steps"] == [4.0, 4.0], layout  # per parameter, not one shared counter
+        assert r["lr_max_diff"] <= 1e-12, layout  # the scheduler goes on from step 2, not from warmup
         assert r["loss_max_diff"] <= TRAIN_TOL, layout
         assert r["weight_max_diff"] <= WEIGHT_TOL, layout
+        # RNG states are per rank: restored (same draws as the uninterrupted run) only under the saved layout
+        assert r["rng_restored"] == (layout == save_layout), layout
+        if layout == save_layout:
+            assert r["draws_max_diff"] == 0.0, layout
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_checkpoint_reloads_under_other_layouts(results, case):
+    _check_resume(case, results[case])
 
 
 def test_world_size_error_names_the_numbers(results):
@@ -102,7 +112,9 @@ def test_other_megatron_version(tmp_path):
     results = _launch(OTHER_MEGATRON_PYTHON, 2, ALT_CASES, tmp_path / "results.json")
     for case in ALT_CASES:
         r = results[case]
-        if "forward_max_diff" in r:
+        if "resume_" in case:
+            _check_resume(case, r)
+        elif "forward_max_diff" in r:
             assert r["forward_max_diff"] <= FORWARD_TOL and r["state_dict_max_diff"] == 0.0, case
         else:
             assert r["loss_max_diff"] <= TRAIN_TOL and r["weight_max_diff"] <= WEIGHT_TOL, case

@@ -125,10 +125,21 @@ def train_case(layout: str, build, inputs, steps: int = 3, lr=1e-3, wd=0.1, eps=
             "last_loss": ref_loss.item()}
 
 
+# the resume cases' learning-rate schedule: 2 warmup steps to the peak, cosine decay after it
+SCHEDULE = dict(lr_warmup_steps=2, lr_decay_steps=8, lr_decay_style="cosine", min_lr=1e-4)
+
+
 def _reference_losses(model, inputs, steps, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
-    """Uninterrupted single-device AdamW: the loss of every step and the final weights."""
+    """Uninterrupted single-device AdamW under megatron's scheduler: every step's loss, the learning rate after
+    every step, and the final weights."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     ref_opt = _reference_optimizer(model, lr, wd, eps)
-    losses = []
+    ref_opt.param_groups[1]["wd_mult"] = 0.0  # biases and 1-D parameters, as in megatron's grouping
+    scheduler = OptimizerParamScheduler(
+        ref_opt, init_lr=0.0, max_lr=lr, min_lr=SCHEDULE["min_lr"], lr_warmup_steps=SCHEDULE["lr_warmup_steps"],
+        lr_decay_steps=SCHEDULE["lr_decay_steps"], lr_decay_style=SCHEDULE["lr_decay_style"], start_wd=wd,
+        end_wd=wd, wd_incr_steps=1, wd_incr_style="constant")
+    losses, lrs = [], []
     for _ in range(steps):
         ref_opt.zero_grad()
         loss = _loss(model(**inputs), inputs)
@@ -138,22 +149,53 @@ def _reference_losses(model, inputs, steps, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0)
                 p.grad = torch.zeros_like(p)
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         ref_opt.step()
+        scheduler.step(1)
         losses.append(loss.item())
-    return losses, model.state_dict()
+        lrs.append(ref_opt.param_groups[0]["lr"])
+    return losses, lrs, model.state_dict()
+
+
+def _lr(optimizer) -> float:
+    lrs = {g["lr"] for g in optimizer.param_groups}
+    assert len(lrs) == 1, lrs
+    return lrs.pop()
 
 
 def _train_under(layout: str, model, inputs, steps: int, load_from=None, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """Train `steps` scheduled steps under `layout` (after loading `load_from`); the losses, learning rates after
+    each step, and the random numbers drawn right after loading."""
     from megatron.core import parallel_state
     parallel.initialize(**parse_layout(layout))
     pmodel = parallel.parallelize(model)
-    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip)
-    iteration = parallel.load_checkpoint(pmodel, optimizer, load_from) if load_from else 0
+    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip, **SCHEDULE)
+    resumed = parallel.load_checkpoint(pmodel, optimizer, load_from) if load_from else None
+    draws = _draw_random() if load_from else None
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
     micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
-    losses = [parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)[0]
-              for _ in range(steps)]
-    return pmodel, optimizer, iteration, losses
+    losses, lrs = [], []
+    for _ in range(steps):
+        losses.append(parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)[0])
+        lrs.append(_lr(optimizer))
+    return pmodel, optimizer, resumed, losses, lrs, draws
+
+
+def _draw_random() -> list:
+    """One number from each generator a checkpoint restores, this rank's megatron tracker included."""
+    import random
+    import numpy as np
+    from megatron.core import tensor_parallel
+    with tensor_parallel.get_cuda_rng_tracker().fork():  # what dropout inside TP regions draws from
+        tracked = torch.rand(1).item()
+    return [random.random(), float(np.random.rand()), torch.rand(1).item(), tracked]
+
+
+def _scramble_random(seed: int) -> None:
+    import random
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _adam_steps(optimizer) -> list:
@@ -164,32 +206,48 @@ def _adam_steps(optimizer) -> list:
 
 
 def resume_case(spec: str, build, inputs, root: str) -> dict:
-    """Train 2 steps under the first layout, save; for every other layout: load into a differently initialised
-    model, train 2 more steps. Losses must equal 4 uninterrupted single-device steps."""
+    """Train 2 scheduled steps under the first layout, save; for every other layout: load into a differently
+    initialised model, train 2 more steps. Losses and learning rates must equal 4 uninterrupted single-device
+    steps; under the saved layout the random numbers drawn after loading equal those drawn after saving."""
     save_layout, *load_layouts = spec.split("-")
     torch.manual_seed(0)
     model = build()
-    ref_losses, ref_sd = _reference_losses(copy.deepcopy(model), inputs, 4)
+    ref_losses, ref_lrs, ref_sd = _reference_losses(copy.deepcopy(model), inputs, 4)
     if torch.distributed.get_rank() == 0:
         shutil.rmtree(root, ignore_errors=True)
     torch.distributed.barrier()
-    pmodel, optimizer, _, first = _train_under(save_layout, copy.deepcopy(model), inputs, 2)
-    parallel.save_checkpoint(pmodel, optimizer, root, iteration=2)
+    pmodel, optimizer, _, first, first_lrs, _ = _train_under(save_layout, copy.deepcopy(model), inputs, 2)
+    _scramble_random(100 + torch.distributed.get_rank())  # every rank's generators in their own state
+    _draw_random()  # advance the tracker too (as dropout would)
+    extra = {"consumed_samples": 8, "loader": {"epoch": 0, "position": 2}}
+    parallel.save_checkpoint(pmodel, optimizer, root, iteration=2, extra=extra)
+    saved_draws = _draw_random()  # the uninterrupted run's next random numbers
     try:
         parallel.save_checkpoint(pmodel, optimizer, root, iteration=2)
         overwrite_error = None
     except FileExistsError as exc:
         overwrite_error = str(exc)
     result = {"first_loss_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(first, ref_losses))),
+              "first_lr_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(first_lrs, ref_lrs))),
               "overwrite_error": overwrite_error, "latest": open(os.path.join(root, "latest")).read().strip()}
     for layout in load_layouts:
-        torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
-        pmodel, optimizer, iteration, losses = _train_under(layout, build(), inputs, 2, load_from=root)
+        _scramble_random(1)  # other initial weights and RNG: everything must come from the checkpoint
+        pmodel, optimizer, resumed, losses, lrs, draws = _train_under(layout, build(), inputs, 2, load_from=root)
         sd = parallel.full_state_dict(pmodel)
-        result[layout] = {"iteration": iteration, "adam_steps": _adam_steps(optimizer),
+        result[layout] = {"iteration": resumed.iteration, "extra_equal": resumed.extra == extra,
+                          "rng_restored": resumed.rng_restored, "adam_steps": _adam_steps(optimizer),
+                          "draws_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(draws, saved_draws))),
                           "loss_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(losses, ref_losses[2:]))),
+                          "lr_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(lrs, ref_lrs[2:]))),
                           "weight_max_diff": max_across_ranks(max((sd[k] - ref_sd[k]).abs().max().item()
                                                                   for k in ref_sd))}
+    pmodel = parallel.parallelize(build())  # under the last layout, with another schedule: refused
+    optimizer = parallel.make_optimizer(pmodel, lr=1e-3, weight_decay=0.1, **{**SCHEDULE, "lr_decay_steps": 9})
+    try:
+        parallel.load_checkpoint(pmodel, optimizer, root)
+        result["schedule_error"] = None
+    except ValueError as exc:
+        result["schedule_error"] = str(exc)
     return result
 
 

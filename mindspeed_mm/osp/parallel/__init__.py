@@ -5,7 +5,8 @@
     pmodel = parallel.parallelize(SUVDiT.from_official(config, state_dict))
     out = parallel.forward(pmodel, **inputs)      # whole output on every rank
     sd = parallel.full_state_dict(pmodel)         # official layout
-    parallel.save_checkpoint(pmodel, optimizer, "ckpts", iteration)   # reloads under any layout
+    parallel.save_checkpoint(pmodel, optimizer, "ckpts", iteration, extra={"consumed_samples": n})
+    resumed = parallel.load_checkpoint(pmodel, optimizer, "ckpts")   # under any layout: .iteration, .extra
 
 The models stay plain modules; per-class plans (plans.py) say which linears are split and how to run them
 piecewise. See docs/parallel.md.
@@ -41,12 +42,12 @@ def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
     return _train_step(pmodel, optimizer, loss_fn, num_microbatches, **inputs)
 
 
-def save_checkpoint(pmodel, optimizer, directory: str, iteration: int) -> str:
+def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None) -> str:
     from mindspeed_mm.osp.parallel.checkpoint import save_checkpoint as _save
-    return _save(pmodel, optimizer, directory, iteration)
+    return _save(pmodel, optimizer, directory, iteration, extra)
 
 
-def load_checkpoint(pmodel, optimizer, directory: str) -> int:
+def load_checkpoint(pmodel, optimizer, directory: str):
     from mindspeed_mm.osp.parallel.checkpoint import load_checkpoint as _load
     return _load(pmodel, optimizer, directory)
 
