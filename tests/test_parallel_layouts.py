@@ -30,6 +30,9 @@ TRAIN_CASES = ["toy/train_tp2_sp_pp2", "toy/train_tp2_sp", "toy/train_pp2_vpp2",
 # other layout (into other initial weights and RNG states) and train 2 more steps: equal to 4 uninterrupted steps on
 # one device; loading under the saved layout also restores every rank's RNG
 RESUME_CASES = ["toy/resume_tp2_sp_pp2-tp2_sp_pp2-tp1-tp4_sp-pp2_cp2", "v15/resume_tp2_sp_cp2-tp4"]
+# the same 3 training steps without and with activation recompute -> extra block forwards on each rank:
+# 3 steps x 2 micro-batches x recomputed blocks per stage (2 of 2 under rcfull, the first 1 of 2 under rc1)
+RECOMPUTE_CASES = {"toy/recompute_tp2_sp_pp2_rcfull": 3 * 2 * 2, "toy/recompute_pp2_cp2_rc1": 3 * 2 * 1}
 TRAIN_TOL = 1e-5       # losses and grad norms
 WEIGHT_TOL = 1e-4      # Adam divides by sqrt(v): tiny grad differences move weights by more (spec, Adam note)
 
@@ -56,7 +59,8 @@ def _launch(python: str, nproc: int, cases, out: Path) -> dict:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     pytest.importorskip("megatron.core", reason="megatron-core is not installed")
-    return _launch(sys.executable, 4, CASES + TRAIN_CASES + RESUME_CASES, tmp_path_factory.mktemp("parallel") / "results.json")
+    return _launch(sys.executable, 4, CASES + TRAIN_CASES + RESUME_CASES + list(RECOMPUTE_CASES),
+                   tmp_path_factory.mktemp("parallel") / "results.json")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -76,6 +80,15 @@ def test_training_matches_single_device(results, case):
     assert result["loss_max_diff"] <= TRAIN_TOL
     assert result["grad_norm_max_diff"] <= TRAIN_TOL
     assert result["weight_max_diff"] <= WEIGHT_TOL
+
+
+@pytest.mark.parametrize("case", RECOMPUTE_CASES)
+def test_recompute_changes_nothing_but_the_work(results, case):
+    result = results[case]
+    assert result["recompute_block_runs"] - result["block_runs"] == RECOMPUTE_CASES[case]  # blocks did rerun
+    assert result["weights_moved"] > 1e-3
+    assert result["loss_max_diff"] <= TRAIN_TOL and result["grad_norm_max_diff"] <= TRAIN_TOL
+    assert result["weight_max_diff"] <= TRAIN_TOL
 
 
 def _check_resume(case: str, result: dict) -> None:
@@ -118,3 +131,13 @@ def test_other_megatron_version(tmp_path):
             assert r["forward_max_diff"] <= FORWARD_TOL and r["state_dict_max_diff"] == 0.0, case
         else:
             assert r["loss_max_diff"] <= TRAIN_TOL and r["weight_max_diff"] <= WEIGHT_TOL, case
+
+
+def test_recompute_argument_errors_name_the_fix():
+    pytest.importorskip("megatron.core", reason="megatron-core is not installed")
+    from mindspeed_mm.osp.parallel.shard import recompute_count
+    assert (recompute_count("full", 4), recompute_count("none", 4), recompute_count(3, 4)) == (4, 0, 3)
+    with pytest.raises(ValueError, match="each pipeline stage holds 4; use at most 4 or 'full'"):
+        recompute_count(5, 4)
+    with pytest.raises(ValueError, match="'full', 'none' or a number of blocks"):
+        recompute_count("selective", 4)

@@ -37,6 +37,12 @@ def parse_layout(case: str) -> dict:
     return kw
 
 
+def parse_recompute(case: str):
+    """Token rcfull (every block) or rc<N> (the first N blocks of each stage); none otherwise."""
+    m = re.search(r"(?<![a-z])rc(full|\d+)", case)
+    return "none" if m is None else "full" if m.group(1) == "full" else int(m.group(1))
+
+
 def max_across_ranks(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
@@ -91,68 +97,92 @@ def _reference_optimizer(model, lr, wd, eps):
                              lr=lr, eps=eps)
 
 
-def train_case(layout: str, build, inputs, steps: int = 3, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0) -> dict:
-    """`steps` AdamW steps (distributed optimizer) vs the same steps on one device, same global batch."""
-    from megatron.core import parallel_state
-    parallel.initialize(**parse_layout(layout))
-    torch.manual_seed(0)
-    model = build()
-    reference = copy.deepcopy(model)
-    ref_opt = _reference_optimizer(reference, lr, wd, eps)
-    pmodel = parallel.parallelize(copy.deepcopy(model))
-    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip)
-    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
-    micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
-    loss_diff = norm_diff = 0.0
-    for _ in range(steps):
-        ref_opt.zero_grad()
-        ref_loss = _loss(reference(**inputs), inputs)
-        ref_loss.backward()
-        for p in reference.parameters():  # megatron steps every parameter (weight decay on unused ones too)
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        ref_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
-        ref_opt.step()
-        loss, norm = parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)
-        loss_diff = max(loss_diff, abs(loss - ref_loss.item()))
-        norm_diff = max(norm_diff, abs(norm - ref_norm.item()))
-    sd, ref_sd = parallel.full_state_dict(pmodel), reference.state_dict()
-    weight_diff = max((sd[k] - ref_sd[k]).abs().max().item() for k in ref_sd)
-    moved = max((ref_sd[k] - v).abs().max().item() for k, v in model.state_dict().items())
-    return {"loss_max_diff": max_across_ranks(loss_diff), "grad_norm_max_diff": max_across_ranks(norm_diff),
-            "weight_max_diff": max_across_ranks(weight_diff), "weights_moved": moved,
-            "last_loss": ref_loss.item()}
-
-
 # the resume cases' learning-rate schedule: 2 warmup steps to the peak, cosine decay after it
 SCHEDULE = dict(lr_warmup_steps=2, lr_decay_steps=8, lr_decay_style="cosine", min_lr=1e-4)
 
 
-def _reference_losses(model, inputs, steps, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
-    """Uninterrupted single-device AdamW under megatron's scheduler: every step's loss, the learning rate after
-    every step, and the final weights."""
+def _train_parallel(model, inputs, steps: int, recompute="none", lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """`steps` AdamW steps (distributed optimizer) of a copy of `model` under the current layout: losses, grad
+    norms, the gathered weights and how many block forwards this rank ran (recomputed ones included)."""
+    from megatron.core import parallel_state
+    pmodel = parallel.parallelize(copy.deepcopy(model), recompute=recompute)
+    runs, run_block = [0], pmodel.plan.run_block
+
+    def counted(m, i, state):
+        runs[0] += 1
+        return run_block(m, i, state)
+
+    pmodel.plan.run_block = counted
+    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip)
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
+    micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
+    losses, norms = zip(*[parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)
+                          for _ in range(steps)])
+    return list(losses), list(norms), parallel.full_state_dict(pmodel), runs[0]
+
+
+def _reference_steps(model, inputs, steps: int, schedule=None, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """The same AdamW steps on one device (under megatron's LR scheduler with `schedule`): losses, grad norms,
+    learning rates after every step, final weights."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     ref_opt = _reference_optimizer(model, lr, wd, eps)
-    ref_opt.param_groups[1]["wd_mult"] = 0.0  # biases and 1-D parameters, as in megatron's grouping
-    scheduler = OptimizerParamScheduler(
-        ref_opt, init_lr=0.0, max_lr=lr, min_lr=SCHEDULE["min_lr"], lr_warmup_steps=SCHEDULE["lr_warmup_steps"],
-        lr_decay_steps=SCHEDULE["lr_decay_steps"], lr_decay_style=SCHEDULE["lr_decay_style"], start_wd=wd,
-        end_wd=wd, wd_incr_steps=1, wd_incr_style="constant")
-    losses, lrs = [], []
+    scheduler = None
+    if schedule is not None:
+        ref_opt.param_groups[1]["wd_mult"] = 0.0  # biases and 1-D parameters, as in megatron's grouping
+        scheduler = OptimizerParamScheduler(
+            ref_opt, init_lr=0.0, max_lr=lr, min_lr=schedule["min_lr"], lr_warmup_steps=schedule["lr_warmup_steps"],
+            lr_decay_steps=schedule["lr_decay_steps"], lr_decay_style=schedule["lr_decay_style"], start_wd=wd,
+            end_wd=wd, wd_incr_steps=1, wd_incr_style="constant")
+    losses, norms, lrs = [], [], []
     for _ in range(steps):
         ref_opt.zero_grad()
         loss = _loss(model(**inputs), inputs)
         loss.backward()
-        for p in model.parameters():
+        for p in model.parameters():  # megatron steps every parameter (weight decay on unused ones too)
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item())
         ref_opt.step()
-        scheduler.step(1)
+        if scheduler is not None:
+            scheduler.step(1)
         losses.append(loss.item())
         lrs.append(ref_opt.param_groups[0]["lr"])
-    return losses, lrs, model.state_dict()
+    return losses, norms, lrs, model.state_dict()
+
+
+def _max_diff(a, b) -> float:
+    return max_across_ranks(max(abs(x - y) for x, y in zip(a, b)))
+
+
+def _weights_diff(sd, ref_sd) -> float:
+    return max_across_ranks(max((sd[k].float() - ref_sd[k]).abs().max().item() for k in ref_sd))
+
+
+def train_case(layout: str, build, inputs, steps: int = 3) -> dict:
+    """`steps` AdamW steps (distributed optimizer) vs the same steps on one device, same global batch."""
+    parallel.initialize(**parse_layout(layout))
+    torch.manual_seed(0)
+    model = build()
+    ref_losses, ref_norms, _, ref_sd = _reference_steps(copy.deepcopy(model), inputs, steps)
+    losses, norms, sd, _ = _train_parallel(model, inputs, steps, recompute=parse_recompute(layout))
+    return {"loss_max_diff": _max_diff(losses, ref_losses), "grad_norm_max_diff": _max_diff(norms, ref_norms),
+            "weight_max_diff": _weights_diff(sd, ref_sd),
+            "weights_moved": max((ref_sd[k] - v).abs().max().item() for k, v in model.state_dict().items()),
+            "last_loss": ref_losses[-1]}
+
+
+def recompute_case(layout: str, build, inputs, steps: int = 3) -> dict:
+    """The same training steps under one layout without and with activation recompute."""
+    parallel.initialize(**parse_layout(layout))
+    torch.manual_seed(0)
+    model = build()
+    losses, norms, sd, runs = _train_parallel(model, inputs, steps)
+    rc_losses, rc_norms, rc_sd, rc_runs = _train_parallel(model, inputs, steps,
+                                                          recompute=parse_recompute(layout))
+    return {"loss_max_diff": _max_diff(rc_losses, losses), "grad_norm_max_diff": _max_diff(rc_norms, norms),
+            "weight_max_diff": _weights_diff(rc_sd, sd), "block_runs": runs, "recompute_block_runs": rc_runs,
+            "weights_moved": _weights_diff(sd, model.state_dict())}
 
 
 def _lr(optimizer) -> float:
@@ -212,7 +242,7 @@ def resume_case(spec: str, build, inputs, root: str) -> dict:
     save_layout, *load_layouts = spec.split("-")
     torch.manual_seed(0)
     model = build()
-    ref_losses, ref_lrs, ref_sd = _reference_losses(copy.deepcopy(model), inputs, 4)
+    ref_losses, _, ref_lrs, ref_sd = _reference_steps(copy.deepcopy(model), inputs, 4, SCHEDULE)
     if torch.distributed.get_rank() == 0:
         shutil.rmtree(root, ignore_errors=True)
     torch.distributed.barrier()
@@ -277,6 +307,8 @@ def main():
             if layout.startswith("resume_"):
                 root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "ckpt_" + layout)
                 results[case] = resume_case(layout[len("resume_"):], build, inputs, root)
+            elif layout.startswith("recompute_"):
+                results[case] = recompute_case(layout[len("recompute_"):], build, inputs)
             elif layout.startswith("train_"):
                 results[case] = train_case(layout[len("train_"):], build, inputs)
             else:

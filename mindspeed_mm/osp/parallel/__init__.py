@@ -2,7 +2,7 @@
 
     torch.distributed.init_process_group(platform.collective_backend())
     parallel.initialize(tensor_parallel=2, pipeline_parallel=2, sequence_parallel=True)
-    pmodel = parallel.parallelize(SUVDiT.from_official(config, state_dict))
+    pmodel = parallel.parallelize(SUVDiT.from_official(config, state_dict), recompute="full")
     out = parallel.forward(pmodel, **inputs)      # whole output on every rank
     sd = parallel.full_state_dict(pmodel)         # official layout
     parallel.save_checkpoint(pmodel, optimizer, "ckpts", iteration, extra={"consumed_samples": n})
@@ -17,9 +17,9 @@ from mindspeed_mm.osp.parallel.layout import Layout, current as current_layout, 
 from mindspeed_mm.osp.parallel.plan import ParallelPlan, register_plan
 
 
-def parallelize(model):
+def parallelize(model, recompute="none"):
     from mindspeed_mm.osp.parallel.shard import parallelize as _parallelize
-    return _parallelize(model)
+    return _parallelize(model, recompute)
 
 
 def forward(pmodel, num_microbatches: int = 1, **inputs):

@@ -12,6 +12,7 @@ from typing import Dict, List, Tuple
 import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from torch.utils.checkpoint import checkpoint
 
 from mindspeed_mm.osp.parallel import regions
 
@@ -77,7 +78,11 @@ def run_chunk(chunk, inputs, schemas, capacity):
     else:
         state = unpack(chunk.input_tensor, schemas[chunk.start])
     for i in range(chunk.start, chunk.end):
-        state = plan.run_block(model, i, state)
+        if i - chunk.start < chunk.recompute and torch.is_grad_enabled():
+            # keeps only the block's input; the forward reruns in backward (RNG replayed, hooks and collectives too)
+            state = checkpoint(plan.run_block, model, i, state, use_reentrant=False)
+        else:
+            state = plan.run_block(model, i, state)
     if chunk.last:
         return plan.finish(model, regions.exit_(plan.head(model, state), layout), inputs)
     return pack(state, schemas[chunk.end], capacity, chunk.config.pipeline_dtype)
