@@ -4,7 +4,8 @@
 
 A case is <model>/<layout>: model toy (tests/parallel/toy.py), v13 or v15 (the 4-head official fixtures);
 layout tp<N>, pp<N>, cp<N>, vpp<N> and "sp", joined by "_" (e.g. tp2_sp_pp2). Each case checks, on every rank:
-forward output vs the single-device model, and the gathered official state dict vs the original weights.
+forward output vs the single-device model, and the gathered official state dict vs the original weights. Prefixes
+train_ / recompute_ / resume_ select training checks; tokens "bf16" and rcfull / rc<N> (recompute) modify them.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +89,7 @@ def forward_case(case: str, build, inputs, num_microbatches: int, expected=None)
 
 def _loss(output, inputs):
     target = torch.sin(3 * inputs["hidden_states"])[..., : output.shape[-1]]
-    return torch.nn.functional.mse_loss(output, target)
+    return torch.nn.functional.mse_loss(output.float(), target)
 
 
 def _reference_optimizer(model, lr, wd, eps):
@@ -101,11 +103,13 @@ def _reference_optimizer(model, lr, wd, eps):
 SCHEDULE = dict(lr_warmup_steps=2, lr_decay_steps=8, lr_decay_style="cosine", min_lr=1e-4)
 
 
-def _train_parallel(model, inputs, steps: int, recompute="none", lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
-    """`steps` AdamW steps (distributed optimizer) of a copy of `model` under the current layout: losses, grad
-    norms, the gathered weights and how many block forwards this rank ran (recomputed ones included)."""
+def _train_parallel(model, inputs, steps: int, recompute="none", bf16=False, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """`steps` AdamW steps (distributed optimizer) of a copy of `model` (in bf16 with fp32 main weights when
+    `bf16`) under the current layout: losses, grad norms, the gathered weights and how many block forwards this
+    rank ran (recomputed ones included)."""
     from megatron.core import parallel_state
-    pmodel = parallel.parallelize(copy.deepcopy(model), recompute=recompute)
+    pmodel = parallel.parallelize(copy.deepcopy(model).to(torch.bfloat16 if bf16 else torch.float32),
+                                  recompute=recompute)
     runs, run_block = [0], pmodel.plan.run_block
 
     def counted(m, i, state):
@@ -113,7 +117,7 @@ def _train_parallel(model, inputs, steps: int, recompute="none", lr=1e-3, wd=0.1
         return run_block(m, i, state)
 
     pmodel.plan.run_block = counted
-    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip)
+    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip, bf16=bf16)
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
     micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
@@ -122,11 +126,13 @@ def _train_parallel(model, inputs, steps: int, recompute="none", lr=1e-3, wd=0.1
     return list(losses), list(norms), parallel.full_state_dict(pmodel), runs[0]
 
 
-def _reference_steps(model, inputs, steps: int, schedule=None, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
-    """The same AdamW steps on one device (under megatron's LR scheduler with `schedule`): losses, grad norms,
-    learning rates after every step, final weights."""
+def _reference_steps(model, inputs, steps: int, schedule=None, bf16=False, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """The same AdamW steps on one device (under megatron's LR scheduler with `schedule`; with `bf16`, forward and
+    backward of a bf16 copy and fp32 master weights in `model`): losses, grad norms, learning rates after every
+    step, final weights (the bf16 copy's with `bf16`)."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     ref_opt = _reference_optimizer(model, lr, wd, eps)
+    work = copy.deepcopy(model).to(torch.bfloat16) if bf16 else model
     scheduler = None
     if schedule is not None:
         ref_opt.param_groups[1]["wd_mult"] = 0.0  # biases and 1-D parameters, as in megatron's grouping
@@ -136,19 +142,23 @@ def _reference_steps(model, inputs, steps: int, schedule=None, lr=1e-3, wd=0.1, 
             end_wd=wd, wd_incr_steps=1, wd_incr_style="constant")
     losses, norms, lrs = [], [], []
     for _ in range(steps):
-        ref_opt.zero_grad()
-        loss = _loss(model(**inputs), inputs)
+        work.zero_grad()
+        loss = _loss(work(**inputs), inputs)
         loss.backward()
-        for p in model.parameters():  # megatron steps every parameter (weight decay on unused ones too)
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        for master, p in zip(model.parameters(), work.parameters()):
+            # megatron steps every parameter (weight decay on unused ones too)
+            master.grad = p.grad.float() if p.grad is not None else torch.zeros_like(master)
         norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item())
         ref_opt.step()
+        if work is not model:
+            with torch.no_grad():
+                for master, p in zip(model.parameters(), work.parameters()):
+                    p.copy_(master)
         if scheduler is not None:
             scheduler.step(1)
         losses.append(loss.item())
         lrs.append(ref_opt.param_groups[0]["lr"])
-    return losses, norms, lrs, model.state_dict()
+    return losses, norms, lrs, work.state_dict()
 
 
 def _max_diff(a, b) -> float:
@@ -160,16 +170,32 @@ def _weights_diff(sd, ref_sd) -> float:
 
 
 def train_case(layout: str, build, inputs, steps: int = 3) -> dict:
-    """`steps` AdamW steps (distributed optimizer) vs the same steps on one device, same global batch."""
+    """`steps` AdamW steps (distributed optimizer) vs the same fp32 steps on one device, same global batch; in
+    bf16 also vs the same mixed-precision steps on one device."""
     parallel.initialize(**parse_layout(layout))
     torch.manual_seed(0)
     model = build()
+    bf16 = "bf16" in layout.split("_")
     ref_losses, ref_norms, _, ref_sd = _reference_steps(copy.deepcopy(model), inputs, steps)
-    losses, norms, sd, _ = _train_parallel(model, inputs, steps, recompute=parse_recompute(layout))
-    return {"loss_max_diff": _max_diff(losses, ref_losses), "grad_norm_max_diff": _max_diff(norms, ref_norms),
-            "weight_max_diff": _weights_diff(sd, ref_sd),
-            "weights_moved": max((ref_sd[k] - v).abs().max().item() for k, v in model.state_dict().items()),
-            "last_loss": ref_losses[-1]}
+    losses, norms, sd, _ = _train_parallel(model, inputs, steps, recompute=parse_recompute(layout), bf16=bf16)
+    result = {"loss_max_diff": _max_diff(losses, ref_losses), "grad_norm_max_diff": _max_diff(norms, ref_norms),
+              "weight_max_diff": _weights_diff(sd, ref_sd),
+              "weights_moved": max((ref_sd[k] - v).abs().max().item() for k, v in model.state_dict().items()),
+              "last_loss": ref_losses[-1]}
+    if bf16:  # the same mixed-precision steps on one device, fp32 master weights starting (as megatron's main
+        # parameters do) from the bf16 model's weights
+        rounded = copy.deepcopy(model).to(torch.bfloat16).float()
+        one_losses, one_norms, _, one_sd = _reference_steps(rounded, inputs, steps, bf16=True)
+        result["vs_one_device_bf16"] = {"loss_max_diff": _max_diff(losses, one_losses),
+                                        "grad_norm_max_diff": _max_diff(norms, one_norms),
+                                        "weight_max_diff": _weights_diff(sd, {k: v.float() for k, v in
+                                                                              one_sd.items()})}
+        try:  # an fp32 model with bf16=True is refused before anything is wrapped
+            parallel.make_optimizer(parallel.parallelize(copy.deepcopy(model)), lr=1e-3, bf16=True)
+            result["dtype_error"] = None
+        except ValueError as exc:
+            result["dtype_error"] = str(exc)
+    return result
 
 
 def recompute_case(layout: str, build, inputs, steps: int = 3) -> dict:
@@ -296,7 +322,9 @@ def main():
         results["world_size_error"] = None
     except ValueError as exc:
         results["world_size_error"] = str(exc)
+    seconds = results["seconds"] = {}  # wall time per case, for keeping the launch short
     for case in args.cases:
+        started = time.perf_counter()
         model, _, layout = case.rpartition("/")
         if model in ("", "toy"):
             from toy import ToyDiT, toy_inputs
@@ -317,6 +345,7 @@ def main():
             traceback.print_exc()
             sys.stderr.flush()
             os._exit(1)
+        seconds[case] = round(time.perf_counter() - started, 1)
     if torch.distributed.get_rank() == 0:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
