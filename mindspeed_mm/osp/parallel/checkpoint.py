@@ -183,6 +183,17 @@ def _note(message: str) -> None:
         logger.warning(message)
 
 
+def _check_schedule(optimizer, saved) -> None:
+    """Before anything is loaded: the LR schedule must be the checkpoint's (only its step count goes on)."""
+    scheduler = getattr(optimizer, "param_scheduler", None)
+    if scheduler is None or saved is None:
+        return
+    differ = {k: (v, saved[k]) for k, v in scheduler.state_dict().items() if k != "num_steps" and v != saved.get(k)}
+    if differ:
+        raise ValueError("the LR schedule differs from the checkpoint's (setting: (now, saved)) "
+                         f"{differ}; pass make_optimizer the schedule the checkpoint was trained with")
+
+
 def _load_scheduler(optimizer, saved) -> None:
     scheduler = getattr(optimizer, "param_scheduler", None)
     if scheduler is None:
@@ -190,10 +201,6 @@ def _load_scheduler(optimizer, saved) -> None:
     if saved is None:
         _note("the checkpoint has no LR scheduler state: the schedule starts at step 0")
         return
-    differ = {k: (v, saved[k]) for k, v in scheduler.state_dict().items() if k != "num_steps" and v != saved.get(k)}
-    if differ:
-        raise ValueError("the LR schedule differs from the checkpoint's (setting: (now, saved)) "
-                         f"{differ}; pass make_optimizer the schedule the checkpoint was trained with")
     scheduler.num_steps = 0  # megatron's loader adds the saved step count to the current one
     scheduler.load_state_dict(saved)
 
@@ -208,6 +215,7 @@ def load_checkpoint(pmodel, optimizer, directory: str) -> Resumed:
     path = resolve(directory)
     common = dist_checkpointing.load_common_state_dict(path)
     if optimizer is not None:
+        _check_schedule(optimizer, common.get("param_scheduler"))
         _init_adam_state(optimizer)
     state = _sharded_state_dict(pmodel, optimizer, is_loading=True)
     restore_rng = optimizer is not None and common.get("layout") == repr(pmodel.layout)
