@@ -4,7 +4,8 @@
 
 A case is <model>/<layout>: model toy (tests/parallel/toy.py), v13 or v15 (the 4-head official fixtures);
 layout tp<N>, pp<N>, cp<N>, vpp<N> and "sp", joined by "_" (e.g. tp2_sp_pp2). Each case checks, on every rank:
-forward output vs the single-device model, and the gathered official state dict vs the original weights.
+forward output vs the single-device model, and the gathered official state dict vs the original weights. Prefixes
+train_ / recompute_ / resume_ select training checks; tokens "bf16" and rcfull / rc<N> (recompute) modify them.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +37,12 @@ def parse_layout(case: str) -> dict:
         if m:
             kw[name] = int(m.group(1))
     return kw
+
+
+def parse_recompute(case: str):
+    """Token rcfull (every block) or rc<N> (the first N blocks of each stage); none otherwise."""
+    m = re.search(r"(?<![a-z])rc(full|\d+)", case)
+    return "none" if m is None else "full" if m.group(1) == "full" else int(m.group(1))
 
 
 def max_across_ranks(value: float) -> float:
@@ -109,7 +117,7 @@ def forward_case(case: str, build, inputs, num_microbatches: int, expected=None)
 
 def _loss(output, inputs):
     target = torch.sin(3 * inputs["hidden_states"])[..., : output.shape[-1]]
-    return torch.nn.functional.mse_loss(output, target)
+    return torch.nn.functional.mse_loss(output.float(), target)
 
 
 def _reference_optimizer(model, lr, wd, eps):
@@ -119,69 +127,159 @@ def _reference_optimizer(model, lr, wd, eps):
                              lr=lr, eps=eps)
 
 
-def train_case(layout: str, build, inputs, steps: int = 3, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0) -> dict:
-    """`steps` AdamW steps (distributed optimizer) vs the same steps on one device, same global batch."""
+# the resume cases' learning-rate schedule: 2 warmup steps to the peak, cosine decay after it
+SCHEDULE = dict(lr_warmup_steps=2, lr_decay_steps=8, lr_decay_style="cosine", min_lr=1e-4)
+
+
+def _train_parallel(model, inputs, steps: int, recompute="none", bf16=False, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """`steps` AdamW steps (distributed optimizer) of a copy of `model` (in bf16 with fp32 main weights when
+    `bf16`) under the current layout: losses, grad norms, the gathered weights and how many block forwards this
+    rank ran (recomputed ones included)."""
     from megatron.core import parallel_state
+    pmodel = parallel.parallelize(copy.deepcopy(model).to(torch.bfloat16 if bf16 else torch.float32),
+                                  recompute=recompute)
+    runs, run_block = [0], pmodel.plan.run_block
+
+    def counted(m, i, state):
+        runs[0] += 1
+        return run_block(m, i, state)
+
+    pmodel.plan.run_block = counted
+    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip, bf16=bf16)
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
+    micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
+    losses, norms = zip(*[parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)
+                          for _ in range(steps)])
+    return list(losses), list(norms), parallel.full_state_dict(pmodel), runs[0]
+
+
+def _reference_steps(model, inputs, steps: int, schedule=None, bf16=False, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """The same AdamW steps on one device (under megatron's LR scheduler with `schedule`; with `bf16`, forward and
+    backward of a bf16 copy and fp32 master weights in `model`): losses, grad norms, learning rates after every
+    step, final weights (the bf16 copy's with `bf16`)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    ref_opt = _reference_optimizer(model, lr, wd, eps)
+    work = copy.deepcopy(model).to(torch.bfloat16) if bf16 else model
+    scheduler = None
+    if schedule is not None:
+        ref_opt.param_groups[1]["wd_mult"] = 0.0  # biases and 1-D parameters, as in megatron's grouping
+        scheduler = OptimizerParamScheduler(
+            ref_opt, init_lr=0.0, max_lr=lr, min_lr=schedule["min_lr"], lr_warmup_steps=schedule["lr_warmup_steps"],
+            lr_decay_steps=schedule["lr_decay_steps"], lr_decay_style=schedule["lr_decay_style"], start_wd=wd,
+            end_wd=wd, wd_incr_steps=1, wd_incr_style="constant")
+    losses, norms, lrs = [], [], []
+    for _ in range(steps):
+        work.zero_grad()
+        loss = _loss(work(**inputs), inputs)
+        loss.backward()
+        for master, p in zip(model.parameters(), work.parameters()):
+            # megatron steps every parameter (weight decay on unused ones too)
+            master.grad = p.grad.float() if p.grad is not None else torch.zeros_like(master)
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item())
+        ref_opt.step()
+        if work is not model:
+            with torch.no_grad():
+                for master, p in zip(model.parameters(), work.parameters()):
+                    p.copy_(master)
+        if scheduler is not None:
+            scheduler.step(1)
+        losses.append(loss.item())
+        lrs.append(ref_opt.param_groups[0]["lr"])
+    return losses, norms, lrs, work.state_dict()
+
+
+def _max_diff(a, b) -> float:
+    return max_across_ranks(max(abs(x - y) for x, y in zip(a, b)))
+
+
+def _weights_diff(sd, ref_sd) -> float:
+    return max_across_ranks(max((sd[k].float() - ref_sd[k]).abs().max().item() for k in ref_sd))
+
+
+def train_case(layout: str, build, inputs, steps: int = 3) -> dict:
+    """`steps` AdamW steps (distributed optimizer) vs the same fp32 steps on one device, same global batch; in
+    bf16 also vs the same mixed-precision steps on one device."""
     parallel.initialize(**parse_layout(layout))
     torch.manual_seed(0)
     model = build()
-    reference = copy.deepcopy(model)
-    ref_opt = _reference_optimizer(reference, lr, wd, eps)
-    pmodel = parallel.parallelize(copy.deepcopy(model))
-    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip)
-    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
-    micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
-    loss_diff = norm_diff = 0.0
-    for _ in range(steps):
-        ref_opt.zero_grad()
-        ref_loss = _loss(reference(**inputs), inputs)
-        ref_loss.backward()
-        for p in reference.parameters():  # megatron steps every parameter (weight decay on unused ones too)
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        ref_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
-        ref_opt.step()
-        loss, norm = parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)
-        loss_diff = max(loss_diff, abs(loss - ref_loss.item()))
-        norm_diff = max(norm_diff, abs(norm - ref_norm.item()))
-    sd, ref_sd = parallel.full_state_dict(pmodel), reference.state_dict()
-    weight_diff = max((sd[k] - ref_sd[k]).abs().max().item() for k in ref_sd)
-    moved = max((ref_sd[k] - v).abs().max().item() for k, v in model.state_dict().items())
-    return {"loss_max_diff": max_across_ranks(loss_diff), "grad_norm_max_diff": max_across_ranks(norm_diff),
-            "weight_max_diff": max_across_ranks(weight_diff), "weights_moved": moved,
-            "last_loss": ref_loss.item()}
+    bf16 = "bf16" in layout.split("_")
+    ref_losses, ref_norms, _, ref_sd = _reference_steps(copy.deepcopy(model), inputs, steps)
+    losses, norms, sd, _ = _train_parallel(model, inputs, steps, recompute=parse_recompute(layout), bf16=bf16)
+    result = {"loss_max_diff": _max_diff(losses, ref_losses), "grad_norm_max_diff": _max_diff(norms, ref_norms),
+              "weight_max_diff": _weights_diff(sd, ref_sd),
+              "weights_moved": max((ref_sd[k] - v).abs().max().item() for k, v in model.state_dict().items()),
+              "last_loss": ref_losses[-1]}
+    if bf16:  # the same mixed-precision steps on one device, fp32 master weights starting (as megatron's main
+        # parameters do) from the bf16 model's weights
+        rounded = copy.deepcopy(model).to(torch.bfloat16).float()
+        one_losses, one_norms, _, one_sd = _reference_steps(rounded, inputs, steps, bf16=True)
+        result["vs_one_device_bf16"] = {"loss_max_diff": _max_diff(losses, one_losses),
+                                        "grad_norm_max_diff": _max_diff(norms, one_norms),
+                                        "weight_max_diff": _weights_diff(sd, {k: v.float() for k, v in
+                                                                              one_sd.items()})}
+        try:  # an fp32 model with bf16=True is refused before anything is wrapped
+            parallel.make_optimizer(parallel.parallelize(copy.deepcopy(model)), lr=1e-3, bf16=True)
+            result["dtype_error"] = None
+        except ValueError as exc:
+            result["dtype_error"] = str(exc)
+    return result
 
 
-def _reference_losses(model, inputs, steps, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
-    """Uninterrupted single-device AdamW: the loss of every step and the final weights."""
-    ref_opt = _reference_optimizer(model, lr, wd, eps)
-    losses = []
-    for _ in range(steps):
-        ref_opt.zero_grad()
-        loss = _loss(model(**inputs), inputs)
-        loss.backward()
-        for p in model.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        ref_opt.step()
-        losses.append(loss.item())
-    return losses, model.state_dict()
+def recompute_case(layout: str, build, inputs, steps: int = 3) -> dict:
+    """The same training steps under one layout without and with activation recompute."""
+    parallel.initialize(**parse_layout(layout))
+    torch.manual_seed(0)
+    model = build()
+    losses, norms, sd, runs = _train_parallel(model, inputs, steps)
+    rc_losses, rc_norms, rc_sd, rc_runs = _train_parallel(model, inputs, steps,
+                                                          recompute=parse_recompute(layout))
+    return {"loss_max_diff": _max_diff(rc_losses, losses), "grad_norm_max_diff": _max_diff(rc_norms, norms),
+            "weight_max_diff": _weights_diff(rc_sd, sd), "block_runs": runs, "recompute_block_runs": rc_runs,
+            "weights_moved": _weights_diff(sd, model.state_dict())}
+
+
+def _lr(optimizer) -> float:
+    lrs = {g["lr"] for g in optimizer.param_groups}
+    assert len(lrs) == 1, lrs
+    return lrs.pop()
 
 
 def _train_under(layout: str, model, inputs, steps: int, load_from=None, lr=1e-3, wd=0.1, eps=1e-8, clip=1.0):
+    """Train `steps` scheduled steps under `layout` (after loading `load_from`); the losses, learning rates after
+    each step, and the random numbers drawn right after loading."""
     from megatron.core import parallel_state
     parallel.initialize(**parse_layout(layout))
     pmodel = parallel.parallelize(model)
-    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip)
-    iteration = parallel.load_checkpoint(pmodel, optimizer, load_from) if load_from else 0
+    optimizer = parallel.make_optimizer(pmodel, lr=lr, weight_decay=wd, eps=eps, clip_grad=clip, **SCHEDULE)
+    resumed = parallel.load_checkpoint(pmodel, optimizer, load_from) if load_from else None
+    draws = _draw_random() if load_from else None
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
     micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
-    losses = [parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)[0]
-              for _ in range(steps)]
-    return pmodel, optimizer, iteration, losses
+    losses, lrs = [], []
+    for _ in range(steps):
+        losses.append(parallel.train_step(pmodel, optimizer, _loss, num_microbatches=micro, **local)[0])
+        lrs.append(_lr(optimizer))
+    return pmodel, optimizer, resumed, losses, lrs, draws
+
+
+def _draw_random() -> list:
+    """One number from each generator a checkpoint restores, this rank's megatron tracker included."""
+    import random
+    import numpy as np
+    from megatron.core import tensor_parallel
+    with tensor_parallel.get_cuda_rng_tracker().fork():  # what dropout inside TP regions draws from
+        tracked = torch.rand(1).item()
+    return [random.random(), float(np.random.rand()), torch.rand(1).item(), tracked]
+
+
+def _scramble_random(seed: int) -> None:
+    import random
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _adam_steps(optimizer) -> list:
@@ -192,32 +290,48 @@ def _adam_steps(optimizer) -> list:
 
 
 def resume_case(spec: str, build, inputs, root: str) -> dict:
-    """Train 2 steps under the first layout, save; for every other layout: load into a differently initialised
-    model, train 2 more steps. Losses must equal 4 uninterrupted single-device steps."""
+    """Train 2 scheduled steps under the first layout, save; for every other layout: load into a differently
+    initialised model, train 2 more steps. Losses and learning rates must equal 4 uninterrupted single-device
+    steps; under the saved layout the random numbers drawn after loading equal those drawn after saving."""
     save_layout, *load_layouts = spec.split("-")
     torch.manual_seed(0)
     model = build()
-    ref_losses, ref_sd = _reference_losses(copy.deepcopy(model), inputs, 4)
+    ref_losses, _, ref_lrs, ref_sd = _reference_steps(copy.deepcopy(model), inputs, 4, SCHEDULE)
     if torch.distributed.get_rank() == 0:
         shutil.rmtree(root, ignore_errors=True)
     torch.distributed.barrier()
-    pmodel, optimizer, _, first = _train_under(save_layout, copy.deepcopy(model), inputs, 2)
-    parallel.save_checkpoint(pmodel, optimizer, root, iteration=2)
+    pmodel, optimizer, _, first, first_lrs, _ = _train_under(save_layout, copy.deepcopy(model), inputs, 2)
+    _scramble_random(100 + torch.distributed.get_rank())  # every rank's generators in their own state
+    _draw_random()  # advance the tracker too (as dropout would)
+    extra = {"consumed_samples": 8, "loader": {"epoch": 0, "position": 2}}
+    parallel.save_checkpoint(pmodel, optimizer, root, iteration=2, extra=extra)
+    saved_draws = _draw_random()  # the uninterrupted run's next random numbers
     try:
         parallel.save_checkpoint(pmodel, optimizer, root, iteration=2)
         overwrite_error = None
     except FileExistsError as exc:
         overwrite_error = str(exc)
     result = {"first_loss_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(first, ref_losses))),
+              "first_lr_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(first_lrs, ref_lrs))),
               "overwrite_error": overwrite_error, "latest": open(os.path.join(root, "latest")).read().strip()}
     for layout in load_layouts:
-        torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
-        pmodel, optimizer, iteration, losses = _train_under(layout, build(), inputs, 2, load_from=root)
+        _scramble_random(1)  # other initial weights and RNG: everything must come from the checkpoint
+        pmodel, optimizer, resumed, losses, lrs, draws = _train_under(layout, build(), inputs, 2, load_from=root)
         sd = parallel.full_state_dict(pmodel)
-        result[layout] = {"iteration": iteration, "adam_steps": _adam_steps(optimizer),
+        result[layout] = {"iteration": resumed.iteration, "extra_equal": resumed.extra == extra,
+                          "rng_restored": resumed.rng_restored, "adam_steps": _adam_steps(optimizer),
+                          "draws_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(draws, saved_draws))),
                           "loss_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(losses, ref_losses[2:]))),
+                          "lr_max_diff": max_across_ranks(max(abs(a - b) for a, b in zip(lrs, ref_lrs[2:]))),
                           "weight_max_diff": max_across_ranks(max((sd[k] - ref_sd[k]).abs().max().item()
                                                                   for k in ref_sd))}
+    pmodel = parallel.parallelize(build())  # under the last layout, with another schedule: refused
+    optimizer = parallel.make_optimizer(pmodel, lr=1e-3, weight_decay=0.1, **{**SCHEDULE, "lr_decay_steps": 9})
+    try:
+        parallel.load_checkpoint(pmodel, optimizer, root)
+        result["schedule_error"] = None
+    except ValueError as exc:
+        result["schedule_error"] = str(exc)
     return result
 
 
@@ -236,7 +350,9 @@ def main():
         results["world_size_error"] = None
     except ValueError as exc:
         results["world_size_error"] = str(exc)
+    seconds = results["seconds"] = {}  # wall time per case, for keeping the launch short
     for case in args.cases:
+        started = time.perf_counter()
         model, _, layout = case.rpartition("/")
         if model in ("", "toy"):
             from toy import ToyDiT, toy_inputs
@@ -249,6 +365,8 @@ def main():
                 results[case] = resume_case(layout[len("resume_"):], build, inputs, root)
             elif layout.startswith("meta_"):
                 results[case] = meta_case(layout[len("meta_"):], model)
+            elif layout.startswith("recompute_"):
+                results[case] = recompute_case(layout[len("recompute_"):], build, inputs)
             elif layout.startswith("train_"):
                 results[case] = train_case(layout[len("train_"):], build, inputs)
             else:
@@ -257,6 +375,7 @@ def main():
             traceback.print_exc()
             sys.stderr.flush()
             os._exit(1)
+        seconds[case] = round(time.perf_counter() - started, 1)
     if torch.distributed.get_rank() == 0:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:

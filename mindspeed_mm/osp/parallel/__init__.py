@@ -2,10 +2,11 @@
 
     torch.distributed.init_process_group(platform.collective_backend())
     parallel.initialize(tensor_parallel=2, pipeline_parallel=2, sequence_parallel=True)
-    pmodel = parallel.parallelize(SUVDiT.from_official(config, state_dict))
+    pmodel = parallel.parallelize(SUVDiT.from_official(config, state_dict), recompute="full")
     out = parallel.forward(pmodel, **inputs)      # whole output on every rank
     sd = parallel.full_state_dict(pmodel)         # official layout
-    parallel.save_checkpoint(pmodel, optimizer, "ckpts", iteration)   # reloads under any layout
+    parallel.save_checkpoint(pmodel, optimizer, "ckpts", iteration, extra={"consumed_samples": n})
+    resumed = parallel.load_checkpoint(pmodel, optimizer, "ckpts")   # under any layout: .iteration, .extra
 
 The models stay plain modules; per-class plans (plans.py) say which linears are split and how to run them
 piecewise. See docs/parallel.md.
@@ -16,12 +17,13 @@ from mindspeed_mm.osp.parallel.layout import Layout, current as current_layout, 
 from mindspeed_mm.osp.parallel.plan import ParallelPlan, register_plan
 
 
-def parallelize(model, device=None):
-    """This rank's part of `model`. A model built on the meta device (e.g. `SUVDiT.from_preset(...)`) is never
-    materialised whole: only this rank's tensors are allocated (on `device`, default the platform's), empty until
+def parallelize(model, recompute="none", device=None):
+    """This rank's part of `model`. `recompute`: activation recompute ("full", "none" or the number of leading
+    blocks per stage). A model built on the meta device (e.g. `SUVDiT.from_preset(...)`) is never materialised
+    whole: only this rank's tensors are allocated (on `device`, default the platform's), empty until
     `load_state_dict` or `load_checkpoint`."""
     from mindspeed_mm.osp.parallel.shard import parallelize as _parallelize
-    return _parallelize(model, device)
+    return _parallelize(model, recompute, device)
 
 
 def forward(pmodel, num_microbatches: int = 1, **inputs):
@@ -49,12 +51,12 @@ def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
     return _train_step(pmodel, optimizer, loss_fn, num_microbatches, **inputs)
 
 
-def save_checkpoint(pmodel, optimizer, directory: str, iteration: int) -> str:
+def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None) -> str:
     from mindspeed_mm.osp.parallel.checkpoint import save_checkpoint as _save
-    return _save(pmodel, optimizer, directory, iteration)
+    return _save(pmodel, optimizer, directory, iteration, extra)
 
 
-def load_checkpoint(pmodel, optimizer, directory: str) -> int:
+def load_checkpoint(pmodel, optimizer, directory: str):
     from mindspeed_mm.osp.parallel.checkpoint import load_checkpoint as _load
     return _load(pmodel, optimizer, directory)
 

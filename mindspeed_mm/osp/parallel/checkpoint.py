@@ -1,26 +1,41 @@
 """Distributed checkpoints of a ParallelModel and its distributed optimizer, reloadable under any layout.
 
-    parallel.save_checkpoint(pmodel, optimizer, "ckpts", iteration=1000)   # ckpts/iter_0001000, ckpts/latest
-    iteration = parallel.load_checkpoint(pmodel, optimizer, "ckpts")        # any TP/PP/CP/DP layout
+    parallel.save_checkpoint(pmodel, optimizer, "ckpts", 1000, extra={"consumed_samples": n})  # ckpts/iter_0001000
+    resumed = parallel.load_checkpoint(pmodel, optimizer, "ckpts")   # any TP/PP/CP/DP layout
+    resumed.iteration, resumed.extra, resumed.rng_restored
 
 megatron-core `dist_checkpointing` (torch_dist format): every parameter is a ShardedTensor keyed by its official
 (single-device) name, cut along its TP axis and replicated over DP x CP; the distributed optimizer's main weights
-and Adam moments use megatron's `fully_reshardable` format (model-shaped tensors), so a checkpoint saved under one
-layout loads under any other. Three resume bugs of megatron's distributed optimizer with torch's Adam (no apex /
+and Adam moments use megatron's model-shaped format (`fully_reshardable` in 0.16, `fully_sharded_model_space` in
+0.12), so a checkpoint saved under one layout loads under any other. Besides: the LR scheduler's state, the
+caller's `extra` dict (rank 0's copy) and every rank's RNG states (rng.py), which are restored only under the
+layout they were saved with. Three resume bugs of megatron's distributed optimizer with torch's Adam (no apex /
 Transformer Engine) are worked around here: its state is created before loading, state entries the format does
 not hold (`step`) are kept instead of looked up, and the Adam step counter,
 which megatron restores as one tensor shared by every parameter, is given back to each parameter on its own.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 
 import torch
 from megatron.core import parallel_state
 
+from mindspeed_mm.osp.parallel import rng
+
 LATEST = "latest"
-_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Resumed:
+    """What `load_checkpoint` gives back besides the weights and optimizer state."""
+    iteration: int
+    extra: dict = field(default_factory=dict)   # the dict passed to save_checkpoint(extra=...)
+    rng_restored: bool = False                   # False when the layout differs from the saved one
 
 
 def iteration_dir(directory: str, iteration: int) -> str:
@@ -89,11 +104,20 @@ def _load_optimizer_state(optimizer, state) -> None:
     _unshare_adam_steps(optimizer)
 
 
+def _optimizer_format() -> dict:
+    """The layout-independent distributed-optimizer format, as this megatron-core version names it."""
+    import inspect
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    if "metadata" in inspect.signature(DistributedOptimizer.sharded_state_dict).parameters:  # 0.13+
+        return {"metadata": {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}}
+    return {"sharding_type": "fully_sharded_model_space"}  # 0.12
+
+
 def _sharded_state_dict(pmodel, optimizer, is_loading: bool) -> dict:
     model = _model_sharded_state_dict(pmodel)
     state = {"model": model}
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model, is_loading=is_loading, metadata=_SHARDING)
+        state["optimizer"] = optimizer.sharded_state_dict(model, is_loading=is_loading, **_optimizer_format())
     return state
 
 
@@ -101,10 +125,19 @@ def _barrier():
     torch.distributed.barrier()
 
 
-def save_checkpoint(pmodel, optimizer, directory: str, iteration: int) -> str:
+def _rng_object(states):
+    """This rank's RNG states, one slot per global rank (only loadable under the same world size)."""
+    from megatron.core.dist_checkpointing import ShardedObject
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return ShardedObject("rng_state", states, (world,), (rank,), replica_id=0)
+
+
+def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None) -> str:
     """Write `directory/iter_XXXXXXX` (through a temporary folder, renamed when complete) and `directory/latest`.
 
-    Every rank calls it. An existing iteration folder is an error, never overwritten."""
+    Every rank calls it. Saved: weights, optimizer state and LR scheduler (when `optimizer` is given), every
+    rank's RNG states, and `extra` (picklable progress such as consumed samples; rank 0's copy). An existing
+    iteration folder is an error, never overwritten."""
     from megatron.core import dist_checkpointing
     final = iteration_dir(directory, iteration)
     if os.path.exists(final):
@@ -116,8 +149,11 @@ def save_checkpoint(pmodel, optimizer, directory: str, iteration: int) -> str:
         os.makedirs(tmp)
     _barrier()
     state = _sharded_state_dict(pmodel, optimizer, is_loading=False)
-    state["iteration"] = iteration
-    state["layout"] = repr(pmodel.layout)
+    state.update(iteration=iteration, layout=repr(pmodel.layout), extra=dict(extra or {}),
+                 rng_state=_rng_object(rng.capture()))
+    scheduler = getattr(optimizer, "param_scheduler", None)
+    if scheduler is not None:
+        state["param_scheduler"] = scheduler.state_dict()
     dist_checkpointing.save(state, tmp)
     _barrier()
     if torch.distributed.get_rank() == 0:
@@ -142,16 +178,52 @@ def resolve(directory: str) -> str:
                             f"'{LATEST}' marker; pass the folder given to parallel.save_checkpoint")
 
 
-def load_checkpoint(pmodel, optimizer, directory: str) -> int:
-    """Load weights (and optimizer state when `optimizer` is given) saved under any layout; returns the iteration.
+def _note(message: str) -> None:
+    if torch.distributed.get_rank() == 0:
+        logger.warning(message)
 
-    `directory` is a checkpoint root (its `latest` iteration is loaded) or one iteration folder."""
+
+def _check_schedule(optimizer, saved) -> None:
+    """Before anything is loaded: the LR schedule must be the checkpoint's (only its step count goes on)."""
+    scheduler = getattr(optimizer, "param_scheduler", None)
+    if scheduler is None or saved is None:
+        return
+    differ = {k: (v, saved[k]) for k, v in scheduler.state_dict().items() if k != "num_steps" and v != saved.get(k)}
+    if differ:
+        raise ValueError("the LR schedule differs from the checkpoint's (setting: (now, saved)) "
+                         f"{differ}; pass make_optimizer the schedule the checkpoint was trained with")
+
+
+def _load_scheduler(optimizer, saved) -> None:
+    scheduler = getattr(optimizer, "param_scheduler", None)
+    if scheduler is None:
+        return
+    if saved is None:
+        _note("the checkpoint has no LR scheduler state: the schedule starts at step 0")
+        return
+    scheduler.num_steps = 0  # megatron's loader adds the saved step count to the current one
+    scheduler.load_state_dict(saved)
+
+
+def load_checkpoint(pmodel, optimizer, directory: str) -> Resumed:
+    """Load weights (with `optimizer`: also its state, the LR scheduler and RNG) saved under any layout.
+
+    `directory` is a checkpoint root (its `latest` iteration is loaded) or one iteration folder. RNG states are
+    per rank, so they are restored only when the layout (and world size) equals the saved one; otherwise a note
+    is logged and this process keeps its current RNG (as megatron does)."""
     from megatron.core import dist_checkpointing
     path = resolve(directory)
+    common = dist_checkpointing.load_common_state_dict(path)
     if optimizer is not None:
+        _check_schedule(optimizer, common.get("param_scheduler"))
         _init_adam_state(optimizer)
     state = _sharded_state_dict(pmodel, optimizer, is_loading=True)
-    state["iteration"] = None
+    restore_rng = optimizer is not None and common.get("layout") == repr(pmodel.layout)
+    if restore_rng:
+        state["rng_state"] = _rng_object(rng.capture())
+    elif optimizer is not None:
+        _note(f"checkpoint {path} was saved under {common.get('layout')}, this run is {pmodel.layout!r}: "
+              "random number generator states are per rank and are not restored (the current ones are kept)")
     loaded = dist_checkpointing.load(state, path)
     params = dict(pmodel.model.named_parameters())
     with torch.no_grad():
@@ -160,5 +232,8 @@ def load_checkpoint(pmodel, optimizer, directory: str) -> int:
                 params[name].copy_(tensor)
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
+        _load_scheduler(optimizer, common.get("param_scheduler"))
+    if restore_rng:
+        rng.restore(loaded["rng_state"])
     pmodel.weights_loaded = True
-    return int(loaded["iteration"])
+    return Resumed(int(common["iteration"]), dict(common.get("extra", {})), restore_rng)

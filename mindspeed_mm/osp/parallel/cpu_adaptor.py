@@ -29,6 +29,8 @@ import types
 
 import torch
 
+from mindspeed_mm.osp.parallel.compat import megatron_version
+
 SUPPORTED_MEGATRON = ((0, 12), (0, 16))
 
 # Modules a DiT trainer reaches: process groups, TP layers and mappings, RNG, pipeline schedules, DDP,
@@ -59,11 +61,6 @@ _MEGATRON_MODULES = (
 
 _FACTORIES = ("empty", "zeros", "ones", "full", "tensor", "arange", "rand", "randn", "empty_strided",
               "as_tensor")
-
-
-def megatron_version() -> tuple[int, int, int]:
-    from megatron.core import package_info
-    return (package_info.MAJOR, package_info.MINOR, package_info.PATCH)
 
 
 def _cpu_device(device):

@@ -110,8 +110,11 @@ def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1, context_par
 
 
 def _adapt_megatron() -> None:
-    """CPU: our redirect layer; Ascend: MindSpeed's megatron adaptor when installed; CUDA: nothing."""
+    """Version fixes (compat.py); then CPU: our redirect layer; Ascend: MindSpeed's megatron adaptor when
+    installed; CUDA: nothing."""
     from mindspeed_mm.osp import platform
+    from mindspeed_mm.osp.parallel import compat
+    compat.apply()
     kind = platform.device_type()
     if kind == "cpu":
         from mindspeed_mm.osp.parallel import cpu_adaptor

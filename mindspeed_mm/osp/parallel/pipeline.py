@@ -12,6 +12,7 @@ from typing import Dict, List, Tuple
 import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from torch.utils.checkpoint import checkpoint
 
 from mindspeed_mm.osp.parallel import regions
 
@@ -35,7 +36,8 @@ def boundary_schemas(pmodel, inputs: dict) -> Dict[int, Schema]:
         for i in range(len(plan.blocks(meta))):
             schemas[i] = _local_schema(state, plan, layout)
             state = plan.run_block(meta, i, state)
-        schemas["out"] = plan.finish(meta, plan.head(meta, state), meta_inputs).shape
+        out = plan.finish(meta, plan.head(meta, state), meta_inputs)
+        schemas["out"] = (out.shape, out.dtype)
     pmodel._schemas[key] = schemas
     return schemas
 
@@ -77,7 +79,11 @@ def run_chunk(chunk, inputs, schemas, capacity):
     else:
         state = unpack(chunk.input_tensor, schemas[chunk.start])
     for i in range(chunk.start, chunk.end):
-        state = plan.run_block(model, i, state)
+        if i - chunk.start < chunk.recompute and torch.is_grad_enabled():
+            # keeps only the block's input; the forward reruns in backward (RNG replayed, hooks and collectives too)
+            state = checkpoint(plan.run_block, model, i, state, use_reentrant=False)
+        else:
+            state = plan.run_block(model, i, state)
     if chunk.last:
         return plan.finish(model, regions.exit_(plan.head(model, state), layout), inputs)
     return pack(state, schemas[chunk.end], capacity, chunk.config.pipeline_dtype)
@@ -94,6 +100,18 @@ def split_microbatches(inputs: dict, num_microbatches: int) -> List[dict]:
              for k, v in inputs.items()} for m in range(num_microbatches)]
 
 
+def carrier_dtype(schemas, chunk) -> torch.dtype:
+    """The dtype of the tensor between stages: the widest floating dtype of the state, so that fp32 entries of a
+    bf16 model (such as a conditioning vector kept in fp32) cross stages unrounded."""
+    dtype = getattr(chunk, "module", chunk).config.params_dtype
+    for k, schema in schemas.items():
+        if k != "out":
+            for _, _, entry in schema:
+                if entry.is_floating_point:
+                    dtype = torch.promote_types(dtype, entry)
+    return dtype
+
+
 def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=None):
     """Run megatron's schedule (no pipelining / 1F1B / interleaved) over the micro-batches.
 
@@ -104,9 +122,11 @@ def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=No
                            "parallel.load_state_dict(pmodel, state_dict) or parallel.load_checkpoint(...) first")
     schemas = boundary_schemas(pmodel, microbatches[0])
     capacity = max(sum(s.numel() for _, s, _ in sch) for k, sch in schemas.items() if k != "out")
+    carrier = carrier_dtype(schemas, pmodel.chunks[0])
     for chunk in pmodel.chunks:
         config = getattr(chunk, "module", chunk).config
         config.osp_plan, config.osp_layout = pmodel.plan, pmodel.layout
+        config.pipeline_dtype = chunk.config.pipeline_dtype = carrier  # the model's and the DDP wrapper's config
 
     def step(data_iterator, chunk):
         chunk = getattr(chunk, "module", chunk)  # megatron DDP wraps chunks for training
@@ -133,12 +153,11 @@ def forward(pmodel, num_microbatches: int = 1, **inputs) -> torch.Tensor:
         outputs, schemas = schedule(pmodel, microbatches, forward_only=True)
     if pmodel.layout.pipeline_parallel == 1:
         return torch.cat(outputs)
-    out_shape = schemas["out"]
+    out_shape, out_dtype = schemas["out"]
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         result = torch.cat(outputs)
     else:
-        result = torch.empty((out_shape[0] * num_microbatches,) + tuple(out_shape[1:]),
-                             dtype=getattr(pmodel.chunks[0], "module", pmodel.chunks[0]).config.pipeline_dtype)
+        result = torch.empty((out_shape[0] * num_microbatches,) + tuple(out_shape[1:]), dtype=out_dtype)
     torch.distributed.broadcast(result, parallel_state.get_pipeline_model_parallel_last_rank(),
                                 group=parallel_state.get_pipeline_model_parallel_group())
     return result

@@ -25,7 +25,8 @@ class Dropped(torch.nn.Module):
 class Chunk(torch.nn.Module):
     """One pipeline (virtual) stage: blocks[start:end], plus the embeddings / head when first / last."""
 
-    def __init__(self, model, plan: ParallelPlan, start: int, end: int, first: bool, last: bool, config):
+    def __init__(self, model, plan: ParallelPlan, start: int, end: int, first: bool, last: bool, config,
+                 recompute: int = 0):
         super().__init__()
         names = plan.blocks(model)
         self.blocks = torch.nn.ModuleList(model.get_submodule(n) for n in names[start:end])
@@ -37,6 +38,7 @@ class Chunk(torch.nn.Module):
         self.extra_params = torch.nn.ParameterList(p for p in map(lambda n: _get(model, n), owned)
                                                    if isinstance(p, torch.nn.Parameter))
         self.start, self.end, self.first, self.last = start, end, first, last
+        self.recompute = recompute  # this many leading blocks keep only their input and rerun in backward
         self.config = config
         self.model_type = ModelType.encoder_or_decoder
         self.input_tensor = None
@@ -92,7 +94,25 @@ def chunk_ranges(num_blocks: int, layout) -> List[tuple]:
     return [(v * pp + rank, (v * pp + rank) * per, (v * pp + rank + 1) * per) for v in range(vpp)]
 
 
-def parallelize(model: torch.nn.Module, device=None) -> ParallelModel:
+def recompute_count(recompute, blocks_per_chunk: int) -> int:
+    """How many leading blocks of each chunk recompute: "full" = all, "none" = 0, or a number (megatron's
+    "block" method: the first N blocks of every pipeline stage / virtual stage)."""
+    if recompute == "full":
+        return blocks_per_chunk
+    if recompute in ("none", None):
+        return 0
+    if isinstance(recompute, bool) or not isinstance(recompute, int) or recompute < 0:
+        raise ValueError(f"recompute must be 'full', 'none' or a number of blocks >= 0, got {recompute!r}")
+    if recompute > blocks_per_chunk:
+        raise ValueError(f"recompute={recompute} blocks, but each pipeline stage holds {blocks_per_chunk}; "
+                         f"use at most {blocks_per_chunk} or 'full'")
+    return recompute
+
+
+def parallelize(model: torch.nn.Module, recompute="none", device=None) -> ParallelModel:
+    """This rank's part of `model` under the current layout. `recompute`: activation recompute ("full", "none" or
+    the number of leading blocks per stage), block by block with torch's non-reentrant checkpoint. A model on the
+    meta device gets only this rank's tensors, allocated on `device` (default: the platform's) and uninitialised."""
     layout = _layout.current()
     plan = plan_for(model)
     names = list(plan.blocks(model))
@@ -103,6 +123,7 @@ def parallelize(model: torch.nn.Module, device=None) -> ParallelModel:
     meta_model = _meta_clone(model)
 
     ranges = chunk_ranges(len(names), layout)
+    recompute = recompute_count(recompute, ranges[0][2] - ranges[0][1])
     total = layout.pipeline_parallel * layout.chunks_per_stage
     owned = {i for _, s, e in ranges for i in range(s, e)}
     first = any(c == 0 for c, _, _ in ranges)
@@ -130,7 +151,7 @@ def parallelize(model: torch.nn.Module, device=None) -> ParallelModel:
     config = model_parallel_config(layout, dtype, sequence_parallel=layout.sequence_parallel)
     config.hidden_size = 1  # the pipeline carries a flat (packed) state: see pipeline.py
     config.batch_p2p_comm = layout.virtual_pipeline is None  # PP=2 interleaved + batched p2p is wrong (trap)
-    chunks = [Chunk(model, plan, s, e, c == 0, c == total - 1, config) for c, s, e in ranges]
+    chunks = [Chunk(model, plan, s, e, c == 0, c == total - 1, config, recompute) for c, s, e in ranges]
     return ParallelModel(model, plan, chunks, meta_model, layout, weights_loaded=not on_meta)
 
 

@@ -1,12 +1,17 @@
 """Training a ParallelModel: megatron DDP (ZeRO-1 distributed optimizer) + megatron's optimizer, one step.
 
-    optimizer = parallel.make_optimizer(pmodel, lr=1e-4, weight_decay=1e-4, eps=1e-15, clip_grad=1.0)
+    optimizer = parallel.make_optimizer(pmodel, lr=1e-4, weight_decay=1e-4, eps=1e-15, clip_grad=1.0,
+                                        lr_warmup_steps=1000, lr_decay_steps=100000, lr_decay_style="cosine")
     loss, grad_norm = parallel.train_step(pmodel, optimizer, loss_fn, num_microbatches=2, **inputs)
 
 `loss_fn(output, inputs)` gets the whole model output of one micro-batch (on every TP/CP rank of the last
 stage) and returns a scalar. Each data-parallel rank passes its own samples. Weight decay skips biases and 1-D
 parameters (megatron's default grouping); the optimizer is torch AdamW when neither apex nor Transformer
-Engine is installed.
+Engine is installed. The learning rate follows megatron's `OptimizerParamScheduler` (`optimizer.param_scheduler`,
+counted in optimizer steps; `train_step` advances it): linear warmup from 0 over `lr_warmup_steps`, then
+`lr_decay_style` ("constant", "linear", "cosine", "inverse-square-root") down to `min_lr` at `lr_decay_steps`.
+Like megatron, the first step runs with the learning rate of step 0 (0 under warmup). `bf16=True` trains a
+bfloat16 model with megatron's mixed precision (fp32 gradient reduction, fp32 main weights and Adam moments).
 """
 from __future__ import annotations
 
@@ -20,11 +25,40 @@ def _unwrap(chunk):
     return getattr(chunk, "module", chunk)
 
 
+_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
+
+
+def _check_schedule(lr_warmup_steps: int, lr_decay_steps, lr_decay_style: str) -> None:
+    if lr_decay_style not in _DECAY_STYLES:
+        raise ValueError(f"lr_decay_style {lr_decay_style!r} is not one of {_DECAY_STYLES}")
+    if lr_decay_style != "constant" and lr_decay_steps is None:
+        raise ValueError(f"lr_decay_style={lr_decay_style!r} needs lr_decay_steps (the step where it reaches min_lr)")
+    if lr_decay_steps is not None and lr_decay_steps <= lr_warmup_steps:
+        raise ValueError(f"lr_decay_steps {lr_decay_steps} must be larger than lr_warmup_steps {lr_warmup_steps}")
+
+
+def _check_dtype(dtype: torch.dtype, bf16: bool) -> None:
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the model's parameters are {dtype}; the engine trains float32 models, or bfloat16 ones "
+                         "with bf16=True")
+    if bf16 != (dtype == torch.bfloat16):
+        raise ValueError(f"the model's parameters are {dtype} but bf16={bf16}: " + (
+            "build the model in bfloat16 (e.g. from_official(..., dtype=torch.bfloat16) or model.to(torch.bfloat16)) "
+            "before parallel.parallelize" if bf16 else "pass bf16=True for a bfloat16 model (fp32 main weights)"))
+
+
 def make_optimizer(pmodel, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
-                   clip_grad: float = 0.0, distributed: bool = True):
-    """Wrap the chunks in megatron DDP (fp32 grad buffers) and build megatron's (distributed) Adam(W)."""
+                   clip_grad: float = 0.0, distributed: bool = True, lr_warmup_steps: int = 0,
+                   lr_decay_steps: int | None = None, lr_decay_style: str = "constant", min_lr: float = 0.0,
+                   bf16: bool = False):
+    """Wrap the chunks in megatron DDP (fp32 grad buffers) and build megatron's (distributed) Adam(W) with its
+    LR scheduler as `optimizer.param_scheduler`. `bf16=True`: mixed precision for a model whose parameters are
+    bfloat16 (fp32 main parameters and Adam moments in the optimizer, bf16 weights for the forward)."""
+    _check_schedule(lr_warmup_steps, lr_decay_steps, lr_decay_style)
+    _check_dtype(pmodel.chunks[0].config.params_dtype, bf16)
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.transformer import TransformerConfig
 
     layout = pmodel.layout
@@ -50,12 +84,14 @@ def make_optimizer(pmodel, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 
     pmodel.chunks = torch.nn.ModuleList(chunks)
     config = OptimizerConfig(optimizer="adam", lr=lr, weight_decay=weight_decay, adam_beta1=betas[0],
                              adam_beta2=betas[1], adam_eps=eps, clip_grad=clip_grad,
-                             use_distributed_optimizer=distributed, params_dtype=dtype)
+                             min_lr=min_lr, use_distributed_optimizer=distributed, params_dtype=dtype, bf16=bf16)
     optimizer = get_megatron_optimizer(config, chunks)
-    # megatron's LR scheduler turns the groups' multipliers into values; without it, do that once here
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_mult", 1.0)
-        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
+    # sets every group's lr and weight decay (from its multipliers) for step 0
+    optimizer.param_scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=lr, min_lr=min_lr, lr_warmup_steps=lr_warmup_steps,
+        lr_decay_steps=lr_decay_steps or lr_warmup_steps + 1, lr_decay_style=lr_decay_style,
+        start_wd=weight_decay, end_wd=weight_decay, wd_incr_steps=1, wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False)
     return optimizer
 
 
@@ -87,7 +123,9 @@ def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
 
     losses, _ = schedule(pmodel, split_microbatches(inputs, num_microbatches), forward_only=False,
                          loss_fn=megatron_loss)
-    _, grad_norm, _ = optimizer.step()
+    updated, grad_norm, _ = optimizer.step()
+    if updated:
+        optimizer.param_scheduler.step(1)
     loss = torch.zeros(1)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         loss[0] = torch.stack([d["loss"] for d in losses]).mean()
