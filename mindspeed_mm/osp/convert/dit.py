@@ -56,26 +56,16 @@ def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=No
 
 
 def _write_file(state_dict: dict, dst: Path) -> Path:
-    import os
-    import tempfile
-
     import torch
     from safetensors.torch import save_file
+
+    from mindspeed_mm.osp.convert.files import replace_file
     if dst.suffix not in (".safetensors", ".pt"):
         raise ValueError(f"{dst}: --to official writes one file; name it *.safetensors or *.pt")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if dst.suffix == ".safetensors":
-            save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp)
-        else:
-            torch.save(state_dict, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    if dst.suffix == ".safetensors":
+        replace_file(dst, lambda tmp: save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp))
+    else:
+        replace_file(dst, lambda tmp: torch.save(state_dict, tmp))
     return dst
 
 

@@ -1,4 +1,4 @@
-"""Writing converter outputs atomically: a whole folder appears at once, or nothing changes."""
+"""Writing converter outputs atomically: a whole file or folder appears at once, or nothing changes."""
 from __future__ import annotations
 
 import os
@@ -36,3 +36,18 @@ def replace_dir(dst: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_file(dst: Path, write: Callable[[str], None]) -> None:
+    """Run `write(tmp)` on a temporary sibling file, then move it into place (replacing `dst`)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

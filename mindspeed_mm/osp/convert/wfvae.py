@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
-from mindspeed_mm.osp.convert.files import replace_dir
+from mindspeed_mm.osp.convert.files import replace_dir, replace_file
 
 NAME = "wfvae"
 HELP = "WF-VAE: official checkpoint <-> mindspeed_mm.osp layout (bit-exact)"
@@ -90,19 +89,11 @@ def osp_to_official(src, dst, overwrite: bool = False) -> Path:
     _check_keys(cfg, weights)
     _check_target(dst, overwrite)
     if dst.suffix in FILE_SUFFIXES:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            if dst.suffix == ".safetensors":
-                save_file(weights, tmp)
-            else:
-                torch.save({"ema_state_dict": weights, "state_dict": {"gen_model": weights}}, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        if dst.suffix == ".safetensors":
+            replace_file(dst, lambda tmp: save_file(weights, tmp))
+        else:
+            replace_file(dst, lambda tmp: torch.save({"ema_state_dict": weights, "state_dict": {"gen_model": weights}},
+                                                     tmp))
         return dst
 
     def write(tmp: Path) -> None:
