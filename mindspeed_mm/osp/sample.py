@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
@@ -157,22 +155,17 @@ def parse_images(specs: List[str], height: int, width: int) -> Dict[int, "torch.
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    from .files import replace_file
+
+    replace_file(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"))
 
 
 def _save_latents_atomic(path: Path, latents) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    save_file({"latents": latents.detach().float().cpu().contiguous()}, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    from .files import replace_file
+
+    replace_file(path, lambda tmp: save_file({"latents": latents.detach().float().cpu().contiguous()}, tmp))
 
 
 def build_pipeline(args):

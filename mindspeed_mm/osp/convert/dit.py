@@ -31,7 +31,7 @@ def pick_config(config, version: str, source_config):
 def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=None, pp_layers=None,
             names: str = "mm", ema: bool = False, trust_pickle: bool = False, max_shard_size="5GB",
             config=None, overwrite: bool = False) -> Path:
-    from mindspeed_mm.osp.convert.files import check_target
+    from mindspeed_mm.osp.files import check_target
     from mindspeed_mm.osp.convert.megatron import check_against_config, structural_model, write_megatron
     from mindspeed_mm.osp.dit.loading import diffusers_config, read_checkpoint, write_diffusers_folder
     if to not in TARGETS:
@@ -59,7 +59,7 @@ def _write_file(state_dict: dict, dst: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from mindspeed_mm.osp.convert.files import replace_file
+    from mindspeed_mm.osp.files import replace_file
     if dst.suffix not in (".safetensors", ".pt"):
         raise ValueError(f"{dst}: --to official writes one file; name it *.safetensors or *.pt")
     if dst.suffix == ".safetensors":

@@ -389,7 +389,7 @@ def write_megatron(state_dict: StateDict, version: str, out_dir, *, tp: int = 1,
                    vpp: Optional[int] = None, pp_layers: Optional[Sequence[int]] = None, names: str = "mm",
                    overwrite: bool = False) -> Path:
     """Write an official state dict as a Megatron `release` folder (atomically: all files or none)."""
-    from mindspeed_mm.osp.convert.files import check_target, replace_dir
+    from mindspeed_mm.osp.files import check_target, replace_dir
     from mindspeed_mm.osp.parallel.plan import plan_for
     if names not in ("mm", "official"):
         raise ValueError(f"names={names!r}: use 'mm' (MindSpeed-MM) or 'official'")

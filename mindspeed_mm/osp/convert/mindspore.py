@@ -38,15 +38,11 @@ def _atomic_save(tensors: Mapping[str, "mindspore.Tensor"], path: str, fmt: str,
     ms = _ms()
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    suffix = ".ckpt" if fmt == "ckpt" else ".safetensors"
-    tmp = f"{path}.tmp{os.getpid()}{suffix}"  # MindSpore appends the suffix when it is missing
-    try:
-        ms.save_checkpoint([{"name": k, "data": v} for k, v in tensors.items()], tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from mindspeed_mm.osp.files import replace_file
+
+    replace_file(path, lambda tmp: ms.save_checkpoint([{"name": k, "data": v} for k, v in tensors.items()], tmp,
+                                                      format=fmt),
+                 suffix=".ckpt" if fmt == "ckpt" else ".safetensors")  # MindSpore appends a missing suffix
 
 
 def map_names_to_net(names: Iterable[str], net_param_names: Iterable[str]) -> Dict[str, str]:
@@ -113,6 +109,7 @@ def wfvae_to_ckpt(pretrained_dir: str, dst: str, overwrite: bool = False) -> Tup
     for the MindSpore model (names identical; Haar filters, if present, dropped: the model builds them)."""
     import shutil
 
+    from mindspeed_mm.osp.files import replace_file
     from mindspeed_mm.osp.vae.official import is_fixed_filter_key
 
     tensors = {k: v for k, v in read_safetensors(os.path.join(pretrained_dir, "model.safetensors")).items()
@@ -122,8 +119,7 @@ def wfvae_to_ckpt(pretrained_dir: str, dst: str, overwrite: bool = False) -> Tup
     _atomic_save(tensors, ckpt, "ckpt", overwrite)
     cfg = os.path.join(dst, "config.json")
     if os.path.abspath(cfg) != os.path.abspath(os.path.join(pretrained_dir, "config.json")):
-        shutil.copyfile(os.path.join(pretrained_dir, "config.json"), cfg + ".tmp")
-        os.replace(cfg + ".tmp", cfg)
+        replace_file(cfg, lambda tmp: shutil.copyfile(os.path.join(pretrained_dir, "config.json"), tmp))
     return cfg, ckpt
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from mindspeed_mm.osp.convert.files import replace_dir, replace_file
+from mindspeed_mm.osp.files import replace_dir, replace_file
 
 NAME = "wfvae"
 HELP = "WF-VAE: official checkpoint <-> mindspeed_mm.osp layout (bit-exact)"

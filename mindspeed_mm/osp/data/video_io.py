@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mindspeed_mm.osp.files import replace_file
 
 PathLike = Union[str, os.PathLike]
 
@@ -318,10 +319,9 @@ def write_video(path: PathLike, frames: torch.Tensor, fps: float, *, overwrite: 
     if not fps or fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     codec = _encoder_codec(codec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    array = frames.cpu().numpy()
+
+    def write(tmp: str) -> None:
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
@@ -329,14 +329,10 @@ def write_video(path: PathLike, frames: torch.Tensor, fps: float, *, overwrite: 
                 stream.options = {"crf": str(crf), "preset": "medium"}
             else:
                 stream.bit_rate = max(1_000_000, int(h * w * fps * 4))
-            array = frames.cpu().numpy()
             for i in range(t):
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(array[i], format="rgb24")))
             container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, write)
     return path
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -76,13 +74,11 @@ class FlowMatchEulerSampler:
 
     # diffusers-style folder I/O: scheduler/scheduler_config.json
     def save_pretrained(self, folder) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        from mindspeed_mm.osp.files import replace_file
+
         payload = {"_class_name": type(self).__name__, **asdict(self)}
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, folder / "scheduler_config.json")
+        replace_file(Path(folder) / "scheduler_config.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
     @classmethod
     def from_pretrained(cls, folder) -> "FlowMatchEulerSampler":

@@ -227,7 +227,7 @@ def write_diffusers_folder(config: dict, state_dict: dict, folder: PathLike, max
                            overwrite: bool = False) -> Path:
     """Write a diffusers model folder atomically: config.json (with `_class_name`) and
     diffusion_pytorch_model[-0000X-of-0000N].safetensors (+ .index.json when sharded), via huggingface_hub."""
-    from mindspeed_mm.osp.convert.files import check_target, replace_dir
+    from mindspeed_mm.osp.files import check_target, replace_dir
     try:
         from huggingface_hub import save_torch_state_dict
     except ImportError:

@@ -8,15 +8,13 @@ vae/: WFVAE.save_pretrained; text encoders/tokenizers: transformers folders; sch
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..diffusion import load_sampler
+from ..files import replace_dir
 from ..text import TEMPLATES, TextConditioner, load_text_encoder, load_tokenizer
 
 INDEX_FILE = "model_index.json"
@@ -56,9 +54,8 @@ def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -
         raise FileExistsError(f"{folder} already exists; pass overwrite=True (CLI: --overwrite) or choose another folder")
     if pipe.text is None:
         raise RuntimeError("cannot save a pipeline whose text encoders were freed")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         save_transformer(pipe.transformer, tmp / "transformer", max_shard_size)
         pipe.vae.save_pretrained(tmp / "vae")
         pipe.text.encoder.save_pretrained(tmp / "text_encoder")
@@ -82,16 +79,8 @@ def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -
             index["max_length_2"] = pipe.text.pooled_max_length
         pipe.sampler.save_pretrained(tmp / "scheduler")
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    replace_dir(folder, write)
     return folder
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mindspeed_mm.osp.files import replace_file
 from mindspeed_mm.osp.vae.causal_conv import reset_streams
 from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir, load_checkpoint_file
 from mindspeed_mm.osp.vae.config import WFVAEConfig, load_preset
@@ -293,20 +293,7 @@ class WFVAE(nn.Module):
             raise FileExistsError(f"{directory} already holds a model; pass overwrite=True to replace it")
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        replace_file(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         meta = folder_config(self.config)
-        _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))
+        replace_file(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))
         return directory
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -79,8 +79,9 @@ def read_clip(path: str, num_frames: int, temporal_compression: int, resolution:
 
 
 def _save_atomic(path: str, tensors: dict, metadata: dict, fmt: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    from mindspeed_mm.osp.files import replace_file
+
+    def write(tmp: str) -> None:
         if fmt == "safetensors":
             from safetensors.numpy import save_file
 
@@ -88,10 +89,7 @@ def _save_atomic(path: str, tensors: dict, metadata: dict, fmt: str) -> None:
         else:
             with open(tmp, "wb") as f:
                 np.savez(f, **tensors, metadata=np.array(json.dumps(metadata)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    replace_file(path, write)
 
 
 def extract_shard(videos: Sequence[str], out_dir: str, encode: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]],

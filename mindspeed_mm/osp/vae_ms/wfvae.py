@@ -143,19 +143,18 @@ class WFVAE(nn.Cell):
         `WFVAE.from_pretrained` reads the same folder."""
         import json
         import os
+        from pathlib import Path
 
         from safetensors.numpy import save_file
+
+        from mindspeed_mm.osp.files import replace_file
 
         paths = [os.path.join(directory, n) for n in ("config.json", "model.safetensors")]
         if any(os.path.exists(p) for p in paths) and not overwrite:
             raise FileExistsError(f"{directory} already holds a model; pass overwrite=True to replace it")
-        os.makedirs(directory, exist_ok=True)
-        tmp = [f"{p}.tmp{os.getpid()}" for p in paths]
-        with open(tmp[0], "w", encoding="utf-8") as f:
-            json.dump(folder_config(self.config), f, indent=1)
-        save_file(self.official_state_dict(), tmp[1], metadata={"format": "pt"})
-        for t, p in zip(tmp, paths):
-            os.replace(t, p)
+        weights = self.official_state_dict()
+        replace_file(paths[1], lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+        replace_file(paths[0], lambda tmp: Path(tmp).write_text(json.dumps(folder_config(self.config), indent=1)))
         return directory
 
     def expected_shapes(self) -> Dict[str, Tuple[int, ...]]:

@@ -1,4 +1,5 @@
-"""Writing converter outputs atomically: a whole file or folder appears at once, or nothing changes."""
+"""Writing outputs atomically (checkpoints, converted weights, videos, sidecars): a whole file or folder appears
+at once, or nothing changes."""
 from __future__ import annotations
 
 import os
@@ -38,11 +39,12 @@ def replace_dir(dst: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def replace_file(dst: Path, write: Callable[[str], None]) -> None:
-    """Run `write(tmp)` on a temporary sibling file, then move it into place (replacing `dst`)."""
+def replace_file(dst: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """Run `write(tmp)` on a temporary sibling file, then move it into place (replacing `dst`). `suffix`: the
+    temporary name's ending, for writers that append their own extension otherwise."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)
