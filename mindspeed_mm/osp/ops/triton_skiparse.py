@@ -29,6 +29,16 @@ def _lane(n, r, c, SPARSITY: tl.constexpr, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _program_lane(n, SPARSITY: tl.constexpr, GROUP: tl.constexpr):
+    """Program axis 1 -> (sub-sequence r, batch x head bh, and that lane's base, stride, count)."""
+    LANES: tl.constexpr = SPARSITY if GROUP else 1
+    pid = tl.program_id(1)
+    r = (pid // LANES) % SPARSITY
+    base, stride, count = _lane(n, r, pid % LANES, SPARSITY, GROUP)
+    return r, pid // (LANES * SPARSITY), base, stride, count
+
+
+@triton.jit
 def _fwd_tile(q, m_i, l_i, acc, k_ptr, v_ptr, mask_ptr, first, stride, count, mask_first, scale,
               HAS_MASK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     d = tl.arange(0, BLOCK_D)
@@ -59,12 +69,8 @@ def _fwd_kernel(Q, K, V, TK, TV, Mask, Out, Lse, n, text_len, heads, scale,
                 D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     LANES: tl.constexpr = SPARSITY if GROUP else 1
     tile = tl.program_id(0)
-    pid = tl.program_id(1)
-    c = pid % LANES
-    r = (pid // LANES) % SPARSITY
-    bh = pid // (LANES * SPARSITY)
+    r, bh, base, stride, count = _program_lane(n, SPARSITY, GROUP)
     b = bh // heads
-    base, stride, count = _lane(n, r, c, SPARSITY, GROUP)
     if tile * BLOCK_M < count:
         rows_i = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows_i < count
@@ -120,12 +126,8 @@ def _bwd_dq_kernel(Q, K, V, TK, TV, Mask, DO, Lse, Delta, DQ, n, text_len, heads
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     LANES: tl.constexpr = SPARSITY if GROUP else 1
     tile = tl.program_id(0)
-    pid = tl.program_id(1)
-    c = pid % LANES
-    r = (pid // LANES) % SPARSITY
-    bh = pid // (LANES * SPARSITY)
+    r, bh, base, stride, count = _program_lane(n, SPARSITY, GROUP)
     b = bh // heads
-    base, stride, count = _lane(n, r, c, SPARSITY, GROUP)
     if tile * BLOCK_M < count:
         rows_i = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows_i < count
@@ -178,11 +180,8 @@ def _bwd_dkdv_kernel(Q, K, V, Mask, DO, Lse, Delta, DK, DV, n, key_len, mask_off
         kstride = 1
         kcount = key_len
     else:
-        c = pid % LANES
-        r_begin = (pid // LANES) % SPARSITY
+        r_begin, bh, kbase, kstride, kcount = _program_lane(n, SPARSITY, GROUP)
         r_end = r_begin + 1
-        bh = pid // (LANES * SPARSITY)
-        kbase, kstride, kcount = _lane(n, r_begin, c, SPARSITY, GROUP)
     b = bh // heads
     if tile * BLOCK_N < kcount:
         cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
