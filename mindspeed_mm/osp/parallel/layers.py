@@ -16,6 +16,8 @@ from megatron.core.tensor_parallel.mappings import (
     gather_from_tensor_model_parallel_region,
 )
 
+from mindspeed_mm.osp.parallel.plan import SPLIT_DIMS
+
 
 def model_parallel_config(layout, dtype: torch.dtype, *, sequence_parallel: bool) -> ModelParallelConfig:
     return ModelParallelConfig(
@@ -43,6 +45,23 @@ def _copy_shard(param: torch.nn.Parameter, full: torch.Tensor, dim: int) -> None
     param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, dim, 1
 
 
+def _from_linear(cls, kind: str, linear: torch.nn.Linear, layout, device, *, sequence_parallel: bool, **kwargs):
+    """A megatron linear of class `cls` holding this rank's part of `linear`, cut per `SPLIT_DIMS[kind]` (a
+    linear on the meta device keeps uninitialised tensors: the weights come later)."""
+    config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=sequence_parallel)
+    layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
+                bias=linear.bias is not None, **kwargs)
+    layer.to(device)
+    weight_dim, bias_dim = SPLIT_DIMS[kind]
+    _copy_shard(layer.weight, linear.weight, weight_dim)
+    if linear.bias is not None and bias_dim is not None:
+        _copy_shard(layer.bias, linear.bias, bias_dim)
+    elif linear.bias is not None and not linear.bias.is_meta:
+        with torch.no_grad():
+            layer.bias.copy_(linear.bias)
+    return layer
+
+
 class ColumnLinear(ColumnParallelLinear):
     """Output features split over TP (heads / FFN neurons); under SP it first gathers the sequence.
 
@@ -54,14 +73,8 @@ class ColumnLinear(ColumnParallelLinear):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, layout, device) -> "ColumnLinear":
-        config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=layout.sequence_parallel)
-        layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
-                    bias=linear.bias is not None, gather_output=False)
-        layer.to(device)
-        _copy_shard(layer.weight, linear.weight, 0)
-        if linear.bias is not None:
-            _copy_shard(layer.bias, linear.bias, 0)
-        return layer
+        return _from_linear(cls, "column", linear, layout, device, sequence_parallel=layout.sequence_parallel,
+                            gather_output=False)
 
     def forward(self, x):
         if self.input_gathered:
@@ -74,16 +87,10 @@ class RowLinear(RowParallelLinear):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, layout, device) -> "RowLinear":
-        config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=layout.sequence_parallel)
-        layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
-                    bias=linear.bias is not None, input_is_parallel=True, skip_bias_add=False)
-        layer.to(device)
-        _copy_shard(layer.weight, linear.weight, 1)
-        if linear.bias is not None and not linear.bias.is_meta:
-            with torch.no_grad():
-                layer.bias.copy_(linear.bias)
-            if layout.sequence_parallel:
-                layer.bias.sequence_parallel = True  # megatron marks it too; its grad is per-token-shard
+        layer = _from_linear(cls, "row", linear, layout, device, sequence_parallel=layout.sequence_parallel,
+                             input_is_parallel=True, skip_bias_add=False)
+        if linear.bias is not None and layout.sequence_parallel:
+            layer.bias.sequence_parallel = True  # megatron marks it too; its grad is per-token-shard
         return layer
 
     def forward(self, x):
@@ -100,14 +107,9 @@ class ConditioningLinear(ColumnParallelLinear):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, layout, device) -> "ConditioningLinear":
-        config = model_parallel_config(layout, linear.weight.dtype, sequence_parallel=False)
-        layer = cls(linear.in_features, linear.out_features, config=config, init_method=lambda w: None,
-                    bias=linear.bias is not None, gather_output=False)
-        layer.to(device)
+        layer = _from_linear(cls, "conditioning", linear, layout, device, sequence_parallel=False,
+                             gather_output=False)
         layer.split_sequence = layout.sequence_parallel
-        _copy_shard(layer.weight, linear.weight, 0)
-        if linear.bias is not None:
-            _copy_shard(layer.bias, linear.bias, 0)
         return layer
 
     def forward(self, x):
