@@ -8,6 +8,7 @@ Writing uses PyAV (H.264 `libx264`, or MPEG-4 Part 2 when libx264 is missing), y
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from mindspeed_mm.osp.files import replace_file
 
 PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "av", "cv2")  # preference order
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
@@ -213,6 +215,89 @@ def read_video(path: PathLike, *, start: int = 0, num_frames: Optional[int] = No
     if frames.ndim != 4 or frames.shape[0] == 0:
         raise VideoReadError(f"{path}: {backend} returned no frames; the file may be corrupt or empty")
     return torch.from_numpy(np.ascontiguousarray(frames)), fps
+
+
+def _pick_frames(decoded, indices: Sequence[int], path: str) -> np.ndarray:
+    """Frames `indices` (any order, repeats allowed) out of `decoded`, an iterator of zero-argument callables
+    that decode one frame each, in stream order. Raises when the stream ends before the last index."""
+    wanted = set(indices)
+    last, got, count = max(wanted), {}, 0
+    for i, decode in enumerate(decoded):
+        count = i + 1
+        if i in wanted:
+            got[i] = decode()
+        if i >= last:
+            break
+    if len(got) < len(wanted):
+        raise VideoReadError(f"{path}: the stream ends after {count} frames but frame {last} was asked for; the "
+                             "file is truncated or shorter than its annotation says (check `num_frames`)")
+    return np.stack([got[i] for i in indices])
+
+
+def _frames_av(path: str, indices: Sequence[int]) -> np.ndarray:
+    import av
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise VideoReadError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        decoded = ((lambda f=f: f.to_ndarray(format="rgb24")) for f in container.decode(stream))
+        return _pick_frames(decoded, indices, path)
+
+
+def _frames_cv2(path: str, indices: Sequence[int]) -> np.ndarray:
+    import cv2
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise VideoReadError(f"{path}: OpenCV (cv2) could not open the file; it may be corrupt, truncated or "
+                                 "not a video")
+
+        def grabbed():
+            while cap.grab():
+                yield lambda: cv2.cvtColor(cap.retrieve()[1], cv2.COLOR_BGR2RGB)
+        return _pick_frames(grabbed(), indices, path)
+    finally:
+        cap.release()
+
+
+def _frames_decord(path: str, indices: Sequence[int]) -> np.ndarray:
+    import decord
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    if max(indices) >= len(vr):
+        raise VideoReadError(f"{path}: has {len(vr)} frames but frame {max(indices)} was asked for; the file is "
+                             "truncated or shorter than its annotation says (check `num_frames`)")
+    return vr.get_batch(list(indices)).asnumpy()
+
+
+_FRAME_PICKERS = {"decord": _frames_decord, "av": _frames_av, "cv2": _frames_cv2}
+_DECORD_FALLBACK_WARNED: list[str] = []
+
+
+def read_frames(path: PathLike, indices: Sequence[int], *, backend: Optional[str] = None) -> torch.Tensor:
+    """Decode the frames at `indices` (sorted or not, repeats allowed): uint8 `(len(indices), H, W, 3)` RGB.
+
+    PyAV and OpenCV decode the stream up to the last index, so a truncated file raises VideoReadError instead of
+    returning fewer frames.
+    """
+    path, chosen = _check_file(path), _pick_backend(backend)
+    indices = [int(i) for i in indices]
+    if not indices or min(indices) < 0:
+        raise ValueError(f"need a non-empty list of frame indices >= 0, got {indices[:8]}")
+    try:
+        frames = _call_reader(_FRAME_PICKERS[chosen], path, chosen, indices)
+    except VideoReadError as e:
+        others = [b for b in available_backends() if b != chosen]
+        if backend is not None or chosen != "decord" or not others:
+            raise
+        # decord cannot copy frames of some widths (its "DECORDArrayCopyFromTo: The size must exactly match");
+        # another reader decodes them. Said once per process, so it is never silent.
+        if not _DECORD_FALLBACK_WARNED:
+            _DECORD_FALLBACK_WARNED.append(path)
+            logger.warning("decord failed on %s (%s); reading it, and later files decord fails on, with %s",
+                           path, e, others[0])
+        frames = _call_reader(_FRAME_PICKERS[others[0]], path, others[0], indices)
+    return torch.from_numpy(np.ascontiguousarray(frames))
 
 
 # ---------------------------------------------------------------------------------------------------- tensors
