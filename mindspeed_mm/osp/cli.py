@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 # Modules with a `register(subparsers)` function, in the order `osp --help` lists them.
 COMMAND_MODULES = (
     "mindspeed_mm.osp.envinfo",
+    "mindspeed_mm.osp.data.cli",
     "mindspeed_mm.osp.vae.cli",
     "mindspeed_mm.osp.ops.adavg",
     "mindspeed_mm.osp.convert.cli",

@@ -32,6 +32,10 @@ class VideoReadError(RuntimeError):
     """A video file exists but could not be decoded (or holds fewer frames than asked for)."""
 
 
+class VideoTooShortError(VideoReadError):
+    """The stream decodes but ends before a frame that was asked for (truncated, or a wrong `num_frames`)."""
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     path: str
@@ -229,7 +233,7 @@ def _pick_frames(decoded, indices: Sequence[int], path: str) -> np.ndarray:
         if i >= last:
             break
     if len(got) < len(wanted):
-        raise VideoReadError(f"{path}: the stream ends after {count} frames but frame {last} was asked for; the "
+        raise VideoTooShortError(f"{path}: the stream ends after {count} frames but frame {last} was asked for; the "
                              "file is truncated or shorter than its annotation says (check `num_frames`)")
     return np.stack([got[i] for i in indices])
 
@@ -265,7 +269,7 @@ def _frames_decord(path: str, indices: Sequence[int]) -> np.ndarray:
     import decord
     vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     if max(indices) >= len(vr):
-        raise VideoReadError(f"{path}: has {len(vr)} frames but frame {max(indices)} was asked for; the file is "
+        raise VideoTooShortError(f"{path}: has {len(vr)} frames but frame {max(indices)} was asked for; the file is "
                              "truncated or shorter than its annotation says (check `num_frames`)")
     return vr.get_batch(list(indices)).asnumpy()
 
@@ -288,7 +292,7 @@ def read_frames(path: PathLike, indices: Sequence[int], *, backend: Optional[str
         frames = _call_reader(_FRAME_PICKERS[chosen], path, chosen, indices)
     except VideoReadError as e:
         others = [b for b in available_backends() if b != chosen]
-        if backend is not None or chosen != "decord" or not others:
+        if backend is not None or chosen != "decord" or not others or isinstance(e, VideoTooShortError):
             raise
         # decord cannot copy frames of some widths (its "DECORDArrayCopyFromTo: The size must exactly match");
         # another reader decodes them. Said once per process, so it is never silent.
