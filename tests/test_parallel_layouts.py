@@ -35,6 +35,8 @@ RESUME_CASES = ["toy/resume_tp2_sp_pp2-tp2_sp_pp2-tp1-tp4_sp-pp2_cp2", "v15/resu
 RECOMPUTE_CASES = {"toy/recompute_tp2_sp_pp2_rcfull": 3 * 2 * 2, "toy/recompute_pp2_cp2_rc1": 3 * 2 * 1}
 # 3 AdamW steps of a bf16 model (fp32 main weights in the distributed optimizer) vs the fp32 steps on one device
 BF16_CASES = ["v15/train_tp2_sp_pp2_bf16"]
+# training.step.training_step with adaptive clipping (a planted spike on step 3) and the EMA sharded over DP x CP
+GUARDED_CASES = ["toy/guarded_tp2_sp", "toy/guarded_pp2_cp2"]
 # built on the meta device (never whole on one rank), parallelized, then the official weights loaded
 META_CASES = ["v15/meta_tp2_sp_pp2", "v13/meta_tp2_pp2"]
 TRAIN_TOL = 1e-5       # losses and grad norms
@@ -64,7 +66,7 @@ def _launch(python: str, nproc: int, cases, out: Path) -> dict:
 def results(tmp_path_factory):
     pytest.importorskip("megatron.core", reason="megatron-core is not installed")
     return _launch(sys.executable, 4, CASES + META_CASES + TRAIN_CASES + RESUME_CASES + list(RECOMPUTE_CASES)
-                   + BF16_CASES, tmp_path_factory.mktemp("parallel") / "results.json")
+                   + BF16_CASES + GUARDED_CASES, tmp_path_factory.mktemp("parallel") / "results.json")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -94,6 +96,16 @@ def test_training_matches_single_device(results, case):
     assert result["loss_max_diff"] <= TRAIN_TOL
     assert result["grad_norm_max_diff"] <= TRAIN_TOL
     assert result["weight_max_diff"] <= WEIGHT_TOL
+
+
+@pytest.mark.parametrize("case", GUARDED_CASES)
+def test_guarded_step_matches_one_device(results, case):
+    r = results[case]
+    assert r["actions"] == r["reference_actions"] == ["keep", "keep", "clip", "keep"]
+    assert r["clipped_norm_rel_diff"] < 1e-5       # the applied gradients have the threshold's norm
+    assert r["loss_max_diff"] < TRAIN_TOL and r["grad_norm_max_rel_diff"] < TRAIN_TOL
+    assert r["weight_max_diff"] < WEIGHT_TOL and r["ema_max_diff"] < WEIGHT_TOL
+    assert r["ema_vs_weights"] > 100 * r["ema_max_diff"]   # the EMA is its own average, not a copy of the weights
 
 
 @pytest.mark.parametrize("case", BF16_CASES)

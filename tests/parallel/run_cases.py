@@ -5,7 +5,7 @@
 A case is <model>/<layout>: model toy (tests/parallel/toy.py), v13 or v15 (the 4-head official fixtures);
 layout tp<N>, pp<N>, cp<N>, vpp<N> and "sp", joined by "_" (e.g. tp2_sp_pp2). Each case checks, on every rank:
 forward output vs the single-device model, and the gathered official state dict vs the original weights. Prefixes
-train_ / recompute_ / resume_ select training checks; tokens "bf16" and rcfull / rc<N> (recompute) modify them.
+train_ / recompute_ / resume_ / guarded_ select training checks; tokens "bf16" and rcfull / rc<N> (recompute) modify them.
 """
 from __future__ import annotations
 
@@ -226,6 +226,76 @@ def train_case(layout: str, build, inputs, steps: int = 3) -> dict:
     return result
 
 
+# the guarded step's cases: per step, the factor on the loss (the third plants a spike the adaptive clip scales)
+GUARDED_LOSS_SCALES = (1.0, 1.0, 30.0, 1.0)
+
+
+def _scaled_loss(output, inputs):
+    return _loss(output, inputs) * inputs["loss_scale"].mean()
+
+
+def _reference_guarded(model, inputs, lr=1e-3, wd=0.1, eps=1e-8, decay=0.5):
+    """The guarded steps on one device: AdamW, the adaptive clip rule (megatron's clip coefficient
+    threshold / (norm + 1e-6)) and the v1.5 EMA warm-up, on the whole batch."""
+    from mindspeed_mm.osp.training.clipping import AdaptiveGradClip
+    clip, opt = AdaptiveGradClip(max_init=1e3, extreme_floor=1e6), _reference_optimizer(model, lr, wd, eps)
+    ema = {k: v.detach().clone() for k, v in model.named_parameters()}
+    losses, norms, actions = [], [], []
+    for k, scale in enumerate(GUARDED_LOSS_SCALES, 1):
+        model.zero_grad()
+        loss = _loss(model(**inputs), inputs) * scale
+        loss.backward()
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+        decision = clip.decide(norm)
+        if decision.action == "clip":
+            for p in model.parameters():
+                p.grad.mul_(decision.threshold / (norm + 1e-6))
+        opt.step()
+        d = min(decay, (1 + k) / (10 + k))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                ema[name].mul_(d).add_(p, alpha=1 - d)
+        losses.append(loss.item()), norms.append(norm), actions.append(decision.action)
+    return losses, norms, actions, ema, model.state_dict()
+
+
+def guarded_case(layout: str, build, inputs) -> dict:
+    """training.step.training_step with adaptive clipping and the sharded EMA (sharded over DP x CP) vs the same
+    steps on one device: losses, norms, clip actions, weights, and the gathered EMA."""
+    from megatron.core import parallel_state
+
+    from mindspeed_mm.osp.training.clipping import AdaptiveGradClip
+    from mindspeed_mm.osp.training.ema import ShardedEMA
+    from mindspeed_mm.osp.training.step import training_step
+    parallel.initialize(**parse_layout(layout))
+    torch.manual_seed(0)
+    model = build()
+    ref_losses, ref_norms, ref_actions, ref_ema, ref_sd = _reference_guarded(copy.deepcopy(model), inputs)
+    pmodel = parallel.parallelize(copy.deepcopy(model))
+    optimizer = parallel.make_optimizer(pmodel, lr=1e-3, weight_decay=0.1, eps=1e-8)
+    clip, ema = AdaptiveGradClip(max_init=1e3, extreme_floor=1e6), ShardedEMA(pmodel, optimizer, decay=0.5)
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    local = {k: v.chunk(dp)[dp_rank] for k, v in inputs.items()}
+    micro = 2 if parallel.current_layout().pipeline_parallel > 1 else 1
+    results = []
+    for scale in GUARDED_LOSS_SCALES:
+        scales = torch.full((len(local["hidden_states"]),), scale)
+        results.append(training_step(pmodel, optimizer, _scaled_loss, local, {"loss_scale": scales},
+                                     num_microbatches=micro, clip=clip, ema=ema))
+    gathered = parallel.full_state_dict(pmodel, local=ema.local_tensors())
+    return {"loss_max_diff": _max_diff([r.loss for r in results], ref_losses),
+            "grad_norm_max_rel_diff": max_across_ranks(max(abs(r.grad_norm / n - 1) for r, n in zip(results,
+                                                                                                      ref_norms))),
+            "actions": [r.action for r in results], "reference_actions": ref_actions,
+            "clipped_norm_rel_diff": max_across_ranks(abs(results[2].clipped_norm / results[2].threshold - 1)),
+            "weight_max_diff": _weights_diff(parallel.full_state_dict(pmodel), ref_sd),
+            "ema_max_diff": _weights_diff(gathered, ref_ema),
+            "ema_vs_weights": max((gathered[k] - ref_sd[k]).abs().max().item() for k in ref_ema)}
+
+
 def recompute_case(layout: str, build, inputs, steps: int = 3) -> dict:
     """The same training steps under one layout without and with activation recompute."""
     parallel.initialize(**parse_layout(layout))
@@ -367,6 +437,8 @@ def main():
                 results[case] = meta_case(layout[len("meta_"):], model)
             elif layout.startswith("recompute_"):
                 results[case] = recompute_case(layout[len("recompute_"):], build, inputs)
+            elif layout.startswith("guarded_"):
+                results[case] = guarded_case(layout[len("guarded_"):], build, inputs)
             elif layout.startswith("train_"):
                 results[case] = train_case(layout[len("train_"):], build, inputs)
             else:

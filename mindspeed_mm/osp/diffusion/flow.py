@@ -23,8 +23,9 @@ def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def dynamic_shift(latent_height: int, latent_width: int, patch: int = 2) -> float:
-    """exp(L * k + b) with L = spatial tokens per latent frame (288x512 video -> 1.740, 576x1024 -> 2.332)."""
-    tokens = (latent_height // patch) * (latent_width // patch)
+    """exp(L * k + b) with L = spatial tokens per latent frame, (h * w) // patch^2 as the official trainer counts
+    them (288x512 video -> 1.740, 576x1024 -> 2.332)."""
+    tokens = (latent_height * latent_width) // (patch * patch)
     k = (_MAX_LOG_SHIFT - _BASE_LOG_SHIFT) / (_MAX_TOKENS - _BASE_TOKENS)
     b = _BASE_LOG_SHIFT - _BASE_TOKENS * k
     return math.exp(tokens * k + b)
@@ -119,7 +120,7 @@ class FlowMatchingObjective:
 
     def loss(self, pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Masked MSE against noise - x0; `mask` (B, T, H, W) with 1 = valid latent position."""
-        from .vpred import masked_mse
+        """MSE against noise - x0, one masked mean over the batch; `mask` (B, T, H, W), 1 = valid position."""
+        from .vpred import masked_mean_loss
 
-        return masked_mse(pred, self.target(x0, noise), mask).mean()
+        return masked_mean_loss(pred, self.target(x0, noise), mask)

@@ -49,13 +49,16 @@ def uniform_timesteps_for_rank(batch: int, rank: int, world_size: int, num_train
     return t.clamp_(0, num_train_timesteps - 1)
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-sample mean squared error (B,), over valid positions only when `mask` (B, T, H, W) is given."""
+def masked_mean_loss(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                     weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One masked mean of the squared error over the whole batch, as the official trainers reduce it:
+    sum(err * mask * w) / sum(mask), `mask` (B, T, H, W) with 1 = valid latent position (broadcast over channels),
+    `weights` (B,) per-sample loss weights. Not a mean of per-sample means: samples with more valid positions
+    weigh more. Without a mask this is the plain (weighted) mean."""
     err = (pred.float() - target.float()) ** 2
-    if mask is None:
-        return err.flatten(1).mean(1)
-    m = mask.to(err.dtype).unsqueeze(1).expand_as(err)
-    return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    m = torch.ones_like(err) if mask is None else mask.to(err.dtype).unsqueeze(1).expand_as(err)
+    w = m if weights is None else m * weights.to(err.dtype).reshape(-1, *([1] * (err.ndim - 1)))
+    return (err * w).sum() / m.sum().clamp_min(1)
 
 
 @dataclass
@@ -84,5 +87,5 @@ class VPredictionObjective:
         return (snr.clamp(max=self.snr_gamma) / (snr + 1)).to(torch.float32).to(timesteps.device)
 
     def loss(self, pred, x0, noise, timesteps, mask=None) -> torch.Tensor:
-        per_sample = masked_mse(pred, self.target(x0, noise, timesteps), mask)
-        return (per_sample * self.weights(timesteps)).mean()
+        """min-SNR-weighted v-prediction MSE, one masked mean over the batch."""
+        return masked_mean_loss(pred, self.target(x0, noise, timesteps), mask, self.weights(timesteps))

@@ -31,9 +31,9 @@ def forward(pmodel, num_microbatches: int = 1, **inputs):
     return _forward(pmodel, num_microbatches, **inputs)
 
 
-def full_state_dict(pmodel):
+def full_state_dict(pmodel, local=None):
     from mindspeed_mm.osp.parallel.state_dict import full_state_dict as _full_state_dict
-    return _full_state_dict(pmodel)
+    return _full_state_dict(pmodel, local)
 
 
 def load_state_dict(pmodel, state_dict):
@@ -46,19 +46,20 @@ def make_optimizer(pmodel, **kwargs):
     return _make_optimizer(pmodel, **kwargs)
 
 
-def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
+def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, loss_inputs=None, **inputs):
     from mindspeed_mm.osp.parallel.train import train_step as _train_step
-    return _train_step(pmodel, optimizer, loss_fn, num_microbatches, **inputs)
+    return _train_step(pmodel, optimizer, loss_fn, num_microbatches, loss_inputs, **inputs)
 
 
-def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None) -> str:
+def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None,
+                    tensors: dict | None = None) -> str:
     from mindspeed_mm.osp.parallel.checkpoint import save_checkpoint as _save
-    return _save(pmodel, optimizer, directory, iteration, extra)
+    return _save(pmodel, optimizer, directory, iteration, extra, tensors)
 
 
-def load_checkpoint(pmodel, optimizer, directory: str):
+def load_checkpoint(pmodel, optimizer, directory: str, tensor_groups: tuple = ()):
     from mindspeed_mm.osp.parallel.checkpoint import load_checkpoint as _load
-    return _load(pmodel, optimizer, directory)
+    return _load(pmodel, optimizer, directory, tensor_groups)
 
 
 __all__ = ["Layout", "ParallelPlan", "current_layout", "forward", "full_state_dict", "initialize",

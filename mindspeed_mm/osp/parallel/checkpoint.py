@@ -36,25 +36,28 @@ class Resumed:
     iteration: int
     extra: dict = field(default_factory=dict)   # the dict passed to save_checkpoint(extra=...)
     rng_restored: bool = False                   # False when the layout differs from the saved one
+    tensors: dict = field(default_factory=dict)  # {group: {name: this rank's tensor}} for the groups asked for
 
 
 def iteration_dir(directory: str, iteration: int) -> str:
     return os.path.join(directory, f"iter_{iteration:07d}")
 
 
-def _model_sharded_state_dict(pmodel) -> dict:
-    """This rank's parameters as ShardedTensors under their official names (layout-independent keys)."""
+def _model_sharded_state_dict(pmodel, values: dict | None = None, prefix: str = "") -> dict:
+    """This rank's parameters (or `values`: tensors shaped like them, by name) as ShardedTensors under their
+    official names (layout-independent keys), with `prefix` before each key."""
     from megatron.core.dist_checkpointing import ShardedTensor
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     dp_rank = parallel_state.get_data_parallel_rank(with_context_parallel=True)
     sharded = {}
     for name, param in pmodel.model.named_parameters():
+        data, key = (param if values is None else values[name]), prefix + name
         if getattr(param, "tensor_model_parallel", False):
-            sharded[name] = ShardedTensor.from_rank_offsets(name, param, (param.partition_dim, tp_rank, tp),
+            sharded[name] = ShardedTensor.from_rank_offsets(key, data, (param.partition_dim, tp_rank, tp),
                                                             replica_id=(0, 0, dp_rank))
         else:
-            sharded[name] = ShardedTensor.from_rank_offsets(name, param, replica_id=(0, tp_rank, dp_rank))
+            sharded[name] = ShardedTensor.from_rank_offsets(key, data, replica_id=(0, tp_rank, dp_rank))
     return sharded
 
 
@@ -113,9 +116,11 @@ def _optimizer_format() -> dict:
     return {"sharding_type": "fully_sharded_model_space"}  # 0.12
 
 
-def _sharded_state_dict(pmodel, optimizer, is_loading: bool) -> dict:
+def _sharded_state_dict(pmodel, optimizer, is_loading: bool, tensors: dict | None = None) -> dict:
     model = _model_sharded_state_dict(pmodel)
     state = {"model": model}
+    for group, values in (tensors or {}).items():
+        state[f"tensors.{group}"] = _model_sharded_state_dict(pmodel, values, prefix=f"{group}.")
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model, is_loading=is_loading, **_optimizer_format())
     return state
@@ -132,12 +137,15 @@ def _rng_object(states):
     return ShardedObject("rng_state", states, (world,), (rank,), replica_id=0)
 
 
-def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None) -> str:
+def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None,
+                    tensors: dict | None = None) -> str:
     """Write `directory/iter_XXXXXXX` (through a temporary folder, renamed when complete) and `directory/latest`.
 
     Every rank calls it. Saved: weights, optimizer state and LR scheduler (when `optimizer` is given), every
-    rank's RNG states, and `extra` (picklable progress such as consumed samples; rank 0's copy). An existing
-    iteration folder is an error, never overwritten."""
+    rank's RNG states, `extra` (picklable progress such as consumed samples; rank 0's copy) and `tensors`
+    (`{group: {parameter name: tensor shaped like this rank's parameter}}`, e.g. EMA weights: saved sharded like
+    the parameters, so they reload under any layout). An existing iteration folder is an error, never
+    overwritten."""
     from megatron.core import dist_checkpointing
     final = iteration_dir(directory, iteration)
     if os.path.exists(final):
@@ -148,8 +156,9 @@ def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: di
         shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted save
         os.makedirs(tmp)
     _barrier()
-    state = _sharded_state_dict(pmodel, optimizer, is_loading=False)
+    state = _sharded_state_dict(pmodel, optimizer, is_loading=False, tensors=tensors)
     state.update(iteration=iteration, layout=repr(pmodel.layout), extra=dict(extra or {}),
+                 tensor_groups=sorted(tensors or {}),
                  rng_state=_rng_object(rng.capture()))
     scheduler = getattr(optimizer, "param_scheduler", None)
     if scheduler is not None:
@@ -205,19 +214,26 @@ def _load_scheduler(optimizer, saved) -> None:
     scheduler.load_state_dict(saved)
 
 
-def load_checkpoint(pmodel, optimizer, directory: str) -> Resumed:
+def load_checkpoint(pmodel, optimizer, directory: str, tensor_groups: tuple = ()) -> Resumed:
     """Load weights (with `optimizer`: also its state, the LR scheduler and RNG) saved under any layout.
 
     `directory` is a checkpoint root (its `latest` iteration is loaded) or one iteration folder. RNG states are
     per rank, so they are restored only when the layout (and world size) equals the saved one; otherwise a note
-    is logged and this process keeps its current RNG (as megatron does)."""
+    is logged and this process keeps its current RNG (as megatron does). `tensor_groups`: the `tensors` groups
+    of save_checkpoint to load (this rank's part, in `Resumed.tensors`)."""
     from megatron.core import dist_checkpointing
     path = resolve(directory)
     common = dist_checkpointing.load_common_state_dict(path)
+    absent = sorted(set(tensor_groups) - set(common.get("tensor_groups", ())))
+    if absent:
+        raise KeyError(f"checkpoint {path} holds no {', '.join(absent)} tensors (it has: "
+                       f"{', '.join(common.get('tensor_groups', ())) or 'none'})")
     if optimizer is not None:
         _check_schedule(optimizer, common.get("param_scheduler"))
         _init_adam_state(optimizer)
-    state = _sharded_state_dict(pmodel, optimizer, is_loading=True)
+    templates = {g: {n: torch.empty_like(p, dtype=torch.float32) for n, p in pmodel.model.named_parameters()}
+                 for g in tensor_groups}
+    state = _sharded_state_dict(pmodel, optimizer, is_loading=True, tensors=templates)
     restore_rng = optimizer is not None and common.get("layout") == repr(pmodel.layout)
     if restore_rng:
         state["rng_state"] = _rng_object(rng.capture())
@@ -236,4 +252,5 @@ def load_checkpoint(pmodel, optimizer, directory: str) -> Resumed:
     if restore_rng:
         rng.restore(loaded["rng_state"])
     pmodel.weights_loaded = True
-    return Resumed(int(common["iteration"]), dict(common.get("extra", {})), restore_rng)
+    return Resumed(int(common["iteration"]), dict(common.get("extra", {})), restore_rng,
+                   {g: dict(loaded[f"tensors.{g}"]) for g in tensor_groups})

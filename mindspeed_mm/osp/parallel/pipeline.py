@@ -7,7 +7,7 @@ shape-only run of the model on the meta device.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from megatron.core import parallel_state
@@ -112,10 +112,12 @@ def carrier_dtype(schemas, chunk) -> torch.dtype:
     return dtype
 
 
-def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=None):
+def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=None,
+             loss_data: Optional[List[dict]] = None):
     """Run megatron's schedule (no pipelining / 1F1B / interleaved) over the micro-batches.
 
-    Returns the last stage's outputs (forward_only) or per-micro-batch loss dicts.
+    `loss_data`: per micro-batch tensors only the loss reads (targets, weights, masks); `loss_fn` gets them merged
+    into the model inputs. Returns the last stage's outputs (forward_only) or per-micro-batch loss dicts.
     """
     if not pmodel.weights_loaded:
         raise RuntimeError("this model was built on the meta device and has no weights yet: call "
@@ -130,15 +132,16 @@ def schedule(pmodel, microbatches: List[dict], *, forward_only: bool, loss_fn=No
 
     def step(data_iterator, chunk):
         chunk = getattr(chunk, "module", chunk)  # megatron DDP wraps chunks for training
-        inputs = next(data_iterator)
+        inputs, extra = next(data_iterator)
         out = run_chunk(chunk, inputs, schemas, capacity)
         if loss_fn is None:  # keep the output (megatron's "non-loss data"; 0.12 needs a callable here)
             return out, lambda output, non_loss_data=True: output
-        return out, lambda output: loss_fn(output, inputs)
+        return out, lambda output: loss_fn(output, {**inputs, **extra})
 
     layout = pmodel.layout
     fb = get_forward_backward_func()
-    iterators = [iter(microbatches) for _ in pmodel.chunks]
+    pairs = list(zip(microbatches, loss_data or [{}] * len(microbatches)))
+    iterators = [iter(pairs) for _ in pmodel.chunks]
     return fb(forward_step_func=step,
               data_iterator=iterators if len(iterators) > 1 else iterators[0],
               model=list(pmodel.chunks) if len(pmodel.chunks) > 1 else pmodel.chunks[0],

@@ -5,21 +5,22 @@ import torch
 from megatron.core import parallel_state
 
 
-def _gather_tp(param: torch.Tensor) -> torch.Tensor:
+def _gather_tp(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     if not getattr(param, "tensor_model_parallel", False):
-        return param.detach().clone()
+        return value.detach().clone()
     group = parallel_state.get_tensor_model_parallel_group()
-    parts = [torch.empty_like(param) for _ in range(torch.distributed.get_world_size(group))]
-    torch.distributed.all_gather(parts, param.detach().contiguous(), group=group)
+    parts = [torch.empty_like(value) for _ in range(torch.distributed.get_world_size(group))]
+    torch.distributed.all_gather(parts, value.detach().contiguous(), group=group)
     return torch.cat(parts, dim=param.partition_dim)
 
 
-def full_state_dict(pmodel) -> dict:
-    """The official-layout state dict (parameters and buffers), assembled on every rank."""
+def full_state_dict(pmodel, local: dict | None = None) -> dict:
+    """The official-layout state dict (parameters and buffers), assembled on every rank. `local`: tensors shaped
+    like this rank's parameters, by name (e.g. `ShardedEMA.local_tensors()`), gathered instead of the weights."""
     model = pmodel.model
-    local = {}
+    values, local = local, {}
     for name, p in model.named_parameters():
-        local[name] = _gather_tp(p)
+        local[name] = _gather_tp(p, p if values is None else values[name])
     for name, b in model.named_buffers():
         local[name] = b.detach().clone()
     if pmodel.layout.pipeline_parallel == 1:

@@ -108,8 +108,11 @@ def _finalize_grads(chunks, layout) -> None:
         chunk.finish_grad_sync()
 
 
-def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
-    """One optimizer step over `num_microbatches` micro-batches; returns (mean loss, grad norm) on every rank."""
+def forward_backward(pmodel, optimizer, loss_fn, num_microbatches: int = 1, loss_inputs: dict | None = None,
+                     **inputs) -> float:
+    """Zero the gradients, then forward and backward over `num_microbatches` micro-batches with gradients
+    reduced over data parallel. `loss_inputs` are split like the inputs and merged into what `loss_fn` gets (the
+    model never sees them). Returns the mean loss over micro-batches and data-parallel ranks, on every rank."""
     chunks = list(pmodel.chunks)
     finalize = lambda *args, **kwargs: _finalize_grads(chunks, pmodel.layout)  # noqa: E731
     for chunk in chunks:
@@ -121,11 +124,9 @@ def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
         loss = loss_fn(output, inputs)
         return loss, {"loss": loss.detach().clone()}  # megatron scales `loss` in place afterwards
 
+    loss_data = split_microbatches(loss_inputs, num_microbatches) if loss_inputs else None
     losses, _ = schedule(pmodel, split_microbatches(inputs, num_microbatches), forward_only=False,
-                         loss_fn=megatron_loss)
-    updated, grad_norm, _ = optimizer.step()
-    if updated:
-        optimizer.param_scheduler.step(1)
+                         loss_fn=megatron_loss, loss_data=loss_data)
     loss = torch.zeros(1)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         loss[0] = torch.stack([d["loss"] for d in losses]).mean()
@@ -135,4 +136,13 @@ def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, **inputs):
     # the mean over data-parallel ranks (each saw its own samples)
     torch.distributed.all_reduce(loss, group=parallel_state.get_data_parallel_group())
     loss /= parallel_state.get_data_parallel_world_size()
-    return float(loss), float(grad_norm) if grad_norm is not None else None
+    return float(loss)
+
+
+def train_step(pmodel, optimizer, loss_fn, num_microbatches: int = 1, loss_inputs: dict | None = None, **inputs):
+    """One optimizer step over `num_microbatches` micro-batches; returns (mean loss, grad norm) on every rank."""
+    loss = forward_backward(pmodel, optimizer, loss_fn, num_microbatches, loss_inputs, **inputs)
+    updated, grad_norm, _ = optimizer.step()
+    if updated:
+        optimizer.param_scheduler.step(1)
+    return loss, float(grad_norm) if grad_norm is not None else None

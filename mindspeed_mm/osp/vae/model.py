@@ -66,7 +66,7 @@ class WFVAE(nn.Module):
         r, s = self.temporal_compression, SPATIAL_COMPRESSION
         return self.latent_dim, (frames - 1) // r + 1, height // s, width // s
 
-    def check_video(self, video: torch.Tensor) -> None:
+    def check_video(self, video: torch.Tensor, check_range: bool = True) -> None:
         """Raise ValueError naming what is wrong with a pixel tensor and what is accepted."""
         r = self.temporal_compression
         if video.dim() != 5:
@@ -80,7 +80,7 @@ class WFVAE(nn.Module):
                              f"{_nearest_valid(t, r)} (or pass pad=True)")
         if h % SPATIAL_COMPRESSION or w % SPATIAL_COMPRESSION or h == 0 or w == 0:
             raise ValueError(f"height and width must be positive multiples of 8, got {h}x{w} (or pass pad=True)")
-        if video.is_floating_point() and video.numel():
+        if video.is_floating_point() and video.numel() and check_range:
             lo, hi = video.min().item(), video.max().item()
             if lo < -1 - VALUE_TOLERANCE or hi > 1 + VALUE_TOLERANCE:
                 raise ValueError(f"pixel values must be in [-1, 1] (x = 2*x01 - 1), got [{lo:.3f}, {hi:.3f}]")
@@ -101,14 +101,15 @@ class WFVAE(nn.Module):
     # ---- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, video: torch.Tensor, chunk_frames: Optional[int] = None, pad: bool = False,
-               tile_size: Optional[int] = None, tile_overlap: int = 64) -> DiagonalGaussian:
+               tile_size: Optional[int] = None, tile_overlap: int = 64, check_range: bool = True) -> DiagonalGaussian:
         """Posterior over latents. `chunk_frames`: video frames per chunk (any size >= 1; output is identical to
         whole-clip encoding, memory is bounded by the chunk). `pad=True` pads invalid sizes (see `pad_video`).
-        `tile_size`/`tile_overlap` (pixels, multiples of 8): optional spatial tiling (approximate, see docs)."""
+        `tile_size`/`tile_overlap` (pixels, multiples of 8): optional spatial tiling (approximate, see docs).
+        `check_range=False` accepts values outside [-1, 1] (noise-augmented training conditions)."""
         original = None
         if pad and video.dim() == 5:
             video, original = self.pad_video(video)
-        self.check_video(video)
+        self.check_video(video, check_range)
         video = video.to(self.dtype)
 
         def run(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,209 @@
+"""The guarded training step on the engine (one gloo process, tiny v1.5 SUV): adaptive clipping really clips a
+planted spike, non-finite steps change nothing, the sharded EMA follows its formula, and EMA / clip state survive a
+checkpoint; plus the objectives' reductions and noise draws."""
+from __future__ import annotations
+
+import copy
+import math
+import socket
+
+import pytest
+import torch
+
+from mindspeed_mm.osp import parallel
+from mindspeed_mm.osp.diffusion import FlowMatchingObjective, VPredictionObjective, dynamic_shift
+from mindspeed_mm.osp.diffusion.vpred import masked_mean_loss
+from mindspeed_mm.osp.dit.suv import SUVDiT
+from mindspeed_mm.osp.training.clipping import AdaptiveGradClip
+from mindspeed_mm.osp.training.ema import ShardedEMA
+from mindspeed_mm.osp.training.objectives import FlowMatchingTask, VPredictionTask, loss_fn, per_sample_noise
+from mindspeed_mm.osp.training.step import NonFiniteGuard, TrainingStopped, training_step
+
+
+# ---------------------------------------------------------------------------------------------------- clipping
+def test_adaptive_clip_rule_by_hand():
+    clip = AdaptiveGradClip()
+    first = clip.decide(0.2)                           # starts ema = min(3 * 0.2, 1) = 0.6, var 0: 0.2 is kept
+    assert first.action == "keep" and first.scale == 1.0
+    ema = 0.99 * 0.6 + 0.01 * 0.2
+    assert clip.ema == pytest.approx(ema) and clip.var == pytest.approx(0.01 * (ema - 0.2) ** 2)
+    before = clip.state_dict()
+    threshold = clip.ema + 3 * math.sqrt(clip.var)
+    spike = clip.decide(2.0)                           # above the threshold, below the extreme bound 5.0
+    assert spike.action == "clip" and spike.scale == pytest.approx(threshold / 2.0) and spike.scale < 1
+    assert {k: before[k] for k in ("ema", "var")} == {k: clip.state_dict()[k] for k in ("ema", "var")}
+    assert clip.decide(6.0).action == "skip"           # above max(ema + 5 sd, 5)
+    assert AdaptiveGradClip(on_extreme="clip", ema=0.5, started=True).decide(50.0).scale == pytest.approx(0.01)
+    assert clip.counts == {"kept": 1, "clipped": 1, "extreme": 1}
+    again = AdaptiveGradClip()
+    again.load_state_dict(clip.state_dict())
+    assert again.decide(2.0).scale == pytest.approx(threshold / 2.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        clip.decide(float("nan"))
+    with pytest.raises(ValueError, match="on_extreme"):
+        AdaptiveGradClip(on_extreme="ignore")
+
+
+def test_first_step_starts_at_most_max_init():
+    clip = AdaptiveGradClip()
+    decision = clip.decide(3.0)                        # ema starts at min(9, 1) = 1: clipped to 1
+    assert decision.action == "clip" and decision.scale == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------------------------------------------- objectives
+def test_masked_mean_is_one_mean_over_the_batch():
+    pred, target = torch.zeros(2, 1, 1, 1, 2), torch.tensor([[1.0, 1.0], [3.0, 3.0]]).view(2, 1, 1, 1, 2)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]]).view(2, 1, 1, 2)
+    # sum(err * mask) / sum(mask) = (1 + 1 + 9) / 3, not the mean of per-sample means (1 + 9) / 2
+    assert float(masked_mean_loss(pred, target, mask)) == pytest.approx(11 / 3)
+    assert float(masked_mean_loss(pred, target, mask, torch.tensor([2.0, 0.5]))) == pytest.approx((4 + 4.5) / 3)
+    assert float(masked_mean_loss(pred, target)) == pytest.approx(5.0)
+
+
+def test_dynamic_shift_counts_tokens_as_the_official_trainer():
+    # (9 * 16) // 4 = 36 tokens, where (9 // 2) * (16 // 2) would give 32
+    k = (1.15 - 0.5) / (4096 - 256)
+    assert dynamic_shift(9, 16) == pytest.approx(math.exp(0.5 + (36 - 256) * k))
+
+
+def test_noise_does_not_depend_on_how_the_batch_is_cut():
+    latents = torch.zeros(4, 2, 1, 2, 2)
+    whole, _ = per_sample_noise(latents, seed=3, step=7, first_index=0)
+    halves = [per_sample_noise(latents[:2], 3, 7, 0)[0], per_sample_noise(latents[2:], 3, 7, 2)[0]]
+    assert torch.equal(whole, torch.cat(halves))
+    assert not torch.equal(whole, per_sample_noise(latents, 3, 8, 0)[0])
+
+
+def test_tasks_build_the_official_inputs():
+    latents, text = torch.randn(2, 8, 1, 4, 4), torch.randn(2, 5, 24)
+    mask, pooled = torch.ones(2, 5), torch.randn(2, 20)
+    inputs, loss = FlowMatchingTask(FlowMatchingObjective()).prepare(latents, text, mask, pooled, seed=0, step=0,
+                                                                    first_index=0)
+    sigma = inputs["timestep"] / 1000
+    noise = (inputs["hidden_states"] - (1 - sigma.view(-1, 1, 1, 1, 1)) * latents) / sigma.view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(loss["target"], noise - latents, rtol=0, atol=1e-4)
+    assert float(loss_fn(loss["target"], loss)) == 0.0
+    inputs, loss = VPredictionTask(VPredictionObjective()).prepare(latents, text, mask, seed=0, step=0,
+                                                                  first_index=0, dp_rank=3, dp_size=4,
+                                                                  condition=torch.zeros(2, 12, 1, 4, 4))
+    assert inputs["hidden_states"].shape[1] == 8 + 12
+    assert bool(((inputs["timestep"] >= 749) & (inputs["timestep"] <= 999)).all())   # rank 3 of 4's stratum
+    assert set(loss) == {"target", "loss_weight"}
+
+
+# ---------------------------------------------------------------------------------------------------- engine
+@pytest.fixture(scope="module")
+def engine():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    parallel.initialize()
+    yield
+    from megatron.core import parallel_state
+    parallel_state.destroy_model_parallel()
+    torch.distributed.destroy_process_group()
+
+
+def _model():
+    torch.manual_seed(0)
+    model = SUVDiT.from_preset("osp15_suv_tiny", device="cpu")
+    with torch.no_grad():   # the zero-initialised output layers would leave most gradients at exactly zero
+        for p in model.parameters():
+            if not p.abs().sum():
+                p.normal_(0, 0.02)
+    return model
+
+
+def _batch(step: int, scale: float = 1.0):
+    g = torch.Generator().manual_seed(100 + step)
+    latents = torch.randn(2, 8, 1, 4, 4, generator=g) * scale
+    text, pooled = torch.randn(2, 5, 24, generator=g), torch.randn(2, 20, generator=g)
+    return FlowMatchingTask(FlowMatchingObjective()).prepare(latents, text, torch.ones(2, 5), pooled, seed=0,
+                                                             step=step, first_index=0)
+
+
+def _build(lr=1e-3):
+    pmodel = parallel.parallelize(_model())
+    return pmodel, parallel.make_optimizer(pmodel, lr=lr, weight_decay=0.01, eps=1e-8)
+
+
+def _main_weights(pmodel):
+    return {k: v.clone() for k, v in parallel.full_state_dict(pmodel).items()}
+
+
+def test_planted_spike_is_clipped_to_the_threshold(engine):
+    pmodel, optimizer = _build()
+    clip = AdaptiveGradClip(max_init=1e3, extreme_floor=1e6)   # first ema = 3 gn: the warm-up steps are kept
+    for step in range(3):
+        inputs, loss = _batch(step)
+        result = training_step(pmodel, optimizer, loss_fn, inputs, loss, clip=clip)
+        assert result.action == "keep" and result.applied
+    stats = clip.state_dict()
+    threshold = clip.threshold()
+    inputs, loss = _batch(3)
+    loss["target"] = loss["target"] * 100            # the spike: a far larger gradient
+    result = training_step(pmodel, optimizer, loss_fn, inputs, loss, clip=clip)
+    assert result.grad_norm > 10 * threshold
+    assert result.action == "clip" and result.applied
+    # the gradients that the optimizer applied have the threshold's norm, measured after scaling
+    assert result.threshold == threshold and result.clipped_norm == pytest.approx(threshold, rel=1e-4)
+    assert (clip.ema, clip.var) == (stats["ema"], stats["var"])
+
+
+def test_non_finite_step_changes_nothing(engine):
+    pmodel, optimizer = _build()
+    ema, clip = ShardedEMA(pmodel, optimizer, decay=0.9), AdaptiveGradClip()
+    inputs, loss = _batch(0)
+    assert training_step(pmodel, optimizer, loss_fn, inputs, loss, clip=clip, ema=ema).applied
+    weights, ema_state, clip_state = _main_weights(pmodel), copy.deepcopy(ema.shadow), clip.state_dict()
+    lr_steps = optimizer.param_scheduler.num_steps
+    guard = NonFiniteGuard(max_consecutive=2)
+    inputs, loss = _batch(1)
+    loss["target"][0, 0, 0, 0, 0] = float("nan")     # a planted NaN
+    result = training_step(pmodel, optimizer, loss_fn, inputs, loss, clip=clip, ema=ema)
+    assert not result.applied and result.action == "skip: non-finite loss"
+    guard.observe(result, 1)
+    after = _main_weights(pmodel)
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    assert all(torch.equal(a, b) for a, b in zip(ema_state, ema.shadow)) and ema.num_updates == 1
+    assert clip.state_dict() == clip_state and optimizer.param_scheduler.num_steps == lr_steps
+    inputs, loss = _batch(2)                          # a good step afterwards trains normally
+    good = training_step(pmodel, optimizer, loss_fn, inputs, loss, clip=clip, ema=ema)
+    assert good.applied and ema.num_updates == 2
+    assert not torch.equal(weights["proj_out.weight"], _main_weights(pmodel)["proj_out.weight"])
+    guard.observe(good, 2)                            # resets the count in a row
+    guard.observe(result, 3)
+    with pytest.raises(TrainingStopped, match="2 steps in a row were skipped"):
+        guard.observe(result, 4)
+    assert guard.total == 3
+
+
+def test_sharded_ema_follows_its_formula_and_survives_a_checkpoint(engine, tmp_path):
+    pmodel, optimizer = _build()
+    ema = ShardedEMA(pmodel, optimizer, decay=0.5, warmup="v1.5")
+    expected = {k: v.float() for k, v in _main_weights(pmodel).items()}
+    for step in range(3):
+        inputs, loss = _batch(step)
+        training_step(pmodel, optimizer, loss_fn, inputs, loss, clip=1.0, ema=ema)
+        d = min(0.5, (2 + step) / (11 + step))        # update k = step + 1 uses (1 + k) / (10 + k)
+        now = _main_weights(pmodel)
+        expected = {k: d * expected[k] + (1 - d) * now[k].float() for k in expected}
+    got = parallel.full_state_dict(pmodel, local=ema.local_tensors())
+    assert max((got[k] - expected[k]).abs().max().item() for k in expected) < 1e-6
+    assert max((got[k] - now[k]).abs().max().item() for k in expected) > 1e-4   # the EMA is not the weights
+
+    parallel.save_checkpoint(pmodel, optimizer, str(tmp_path), 3, extra={"ema": ema.state_dict()},
+                             tensors={"ema": ema.local_tensors()})
+    pmodel2, optimizer2 = _build()
+    ema2 = ShardedEMA(pmodel2, optimizer2, decay=0.5, warmup="v1.5")
+    resumed = parallel.load_checkpoint(pmodel2, optimizer2, str(tmp_path), tensor_groups=("ema",))
+    ema2.load_local_tensors(resumed.tensors["ema"])
+    ema2.load_state_dict(resumed.extra["ema"])
+    assert ema2.num_updates == 3
+    back = parallel.full_state_dict(pmodel2, local=ema2.local_tensors())
+    assert all(torch.equal(back[k], got[k]) for k in got)
+    with pytest.raises(ValueError, match="decay"):
+        ShardedEMA(pmodel2, optimizer2, decay=0.9).load_state_dict(resumed.extra["ema"])
+    with pytest.raises(KeyError, match="no clip tensors"):
+        parallel.load_checkpoint(pmodel2, optimizer2, str(tmp_path), tensor_groups=("clip",))
