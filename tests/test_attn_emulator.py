@@ -41,7 +41,8 @@ def test_bsh_mode3_equals_bnsd_mode2_and_mode3_is_bottom_right():
     bsh = [t.transpose(1, 2).reshape(2, 6, 64) for t in (q, k, v)]
     a = npu.npu_fusion_attention(*bsh, 4, "BSH", atten_mask=TRIU, scale=0.25, sparse_mode=3)[0]
     b = npu.npu_fusion_attention(q, k, v, 4, "BNSD", atten_mask=TRIU, scale=0.25, sparse_mode=2)[0]
-    assert torch.equal(a, b.transpose(1, 2).reshape(2, 6, 64))
+    # the same math on another memory layout: equal up to float rounding (the matmul blocking differs by CPU)
+    torch.testing.assert_close(a, b.transpose(1, 2).reshape(2, 6, 64), rtol=0, atol=1e-6)
     q, k, v = _qkv(sq=3, sk=7)
     i, j = torch.arange(3)[:, None], torch.arange(7)[None]
     out = npu.npu_fusion_attention(q, k, v, 4, "BNSD", atten_mask=TRIU, scale=0.3, sparse_mode=3)[0]
