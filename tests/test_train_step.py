@@ -205,5 +205,7 @@ def test_sharded_ema_follows_its_formula_and_survives_a_checkpoint(engine, tmp_p
     assert all(torch.equal(back[k], got[k]) for k in got)
     with pytest.raises(ValueError, match="decay"):
         ShardedEMA(pmodel2, optimizer2, decay=0.9).load_state_dict(resumed.extra["ema"])
+    with pytest.raises(ValueError, match="max gradient norm > 0"):
+        training_step(pmodel2, optimizer2, loss_fn, inputs, loss, clip=-1.0)
     with pytest.raises(KeyError, match="no clip tensors"):
         parallel.load_checkpoint(pmodel2, optimizer2, str(tmp_path), tensor_groups=("clip",))

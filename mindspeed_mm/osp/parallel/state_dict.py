@@ -18,16 +18,16 @@ def full_state_dict(pmodel, local: dict | None = None) -> dict:
     """The official-layout state dict (parameters and buffers), assembled on every rank. `local`: tensors shaped
     like this rank's parameters, by name (e.g. `ShardedEMA.local_tensors()`), gathered instead of the weights."""
     model = pmodel.model
-    values, local = local, {}
+    mine = {}
     for name, p in model.named_parameters():
-        local[name] = _gather_tp(p, p if values is None else values[name])
+        mine[name] = _gather_tp(p, p if local is None else local[name])
     for name, b in model.named_buffers():
-        local[name] = b.detach().clone()
+        mine[name] = b.detach().clone()
     if pmodel.layout.pipeline_parallel == 1:
-        return local
+        return mine
     group = parallel_state.get_pipeline_model_parallel_group()
     pieces = [None] * torch.distributed.get_world_size(group)
-    torch.distributed.all_gather_object(pieces, local, group=group)
+    torch.distributed.all_gather_object(pieces, mine, group=group)
     merged = {}
     for piece in pieces:
         merged.update(piece)

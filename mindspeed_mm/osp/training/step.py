@@ -53,6 +53,8 @@ def training_step(pmodel, optimizer, loss_fn, inputs: dict, loss_inputs: Optiona
                   ema: Optional[ShardedEMA] = None) -> StepResult:
     """One step. `clip`: an AdaptiveGradClip, a fixed max norm (> 0), or None. Every rank calls it and gets the
     same result (loss and norms are reduced over the model's groups)."""
+    if not isinstance(clip, (AdaptiveGradClip, type(None))) and not float(clip) > 0:
+        raise ValueError(f"clip must be an AdaptiveGradClip, a max gradient norm > 0, or None; got {clip!r}")
     lr = current_lr(optimizer)
     loss = forward_backward(pmodel, optimizer, loss_fn, num_microbatches, loss_inputs, **inputs)
     found_inf = bool(optimizer.prepare_grads())
@@ -70,7 +72,7 @@ def training_step(pmodel, optimizer, loss_fn, inputs: dict, loss_inputs: Optiona
                                   f"(threshold {threshold:.4g}); the run stops as clip.on_extreme='stop' asks")
         if action == "skip":
             return StepResult(loss, grad_norm, False, "skip: extreme gradient norm", lr=lr, threshold=threshold)
-    elif clip:
+    elif clip is not None:
         threshold = float(clip)
         action = "clip" if grad_norm > threshold else "keep"
     clipped = _clip_gradients(optimizer, threshold, grad_norm) if action == "clip" else None
