@@ -39,6 +39,9 @@ BF16_CASES = ["v15/train_tp2_sp_pp2_bf16"]
 GUARDED_CASES = ["toy/guarded_tp2_sp", "toy/guarded_pp2_cp2"]
 # built on the meta device (never whole on one rank), parallelized, then the official weights loaded
 META_CASES = ["v15/meta_tp2_sp_pp2", "v13/meta_tp2_pp2"]
+# `osp train` (tiny v1.5 SUV config, 6 blocks, global batch 4) for 3 steps under each layout with 4 processes: the
+# JSONL losses and grad norms equal the same job on one process (accumulating 4 micro-batches); dp4 = data parallel 4
+JOB_CASES = ["job/tp2_sp", "job/pp2", "job/cp2", "job/dp4"]
 TRAIN_TOL = 1e-5       # losses and grad norms
 WEIGHT_TOL = 1e-4      # Adam divides by sqrt(v): tiny grad differences move weights by more (spec, Adam note)
 
@@ -52,10 +55,12 @@ ALT_CASES = ["toy/tp2_sp", "toy/pp2_vpp2", "toy/cp2", "toy/train_tp2_sp", "toy/t
              "toy/resume_tp2_sp-tp2_sp-pp2"]
 
 
-def _launch(python: str, nproc: int, cases, out: Path) -> dict:
+def _launch(python: str, nproc: int, cases, out: Path, job_config: Path | None = None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(ROOT / "tests" / "parallel" / "run_cases.py"), "--out", str(out), "--cases", *cases]
+    if job_config is not None:
+        cmd += ["--job-config", str(job_config)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     # run_cases prints the failing rank's traceback and ends the launch
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -63,10 +68,64 @@ def _launch(python: str, nproc: int, cases, out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def job_config(tmp_path_factory):
+    from train_helpers import make_data, write_config
+
+    root = tmp_path_factory.mktemp("job")
+    changes = {"model": {"transformer": {**_tiny_suv(), "num_layers": [2, 2, 2]}},
+               "data": {"source": make_data(root / "data", videos=8), "global_batch_size": 4},
+               "steps": 3, "checkpoint": {"every": 1000}}
+    return write_config(root / "config.json", "osp15_suv_tiny", changes)
+
+
+def _tiny_suv() -> dict:
+    from train_helpers import CONFIGS
+    return json.loads((CONFIGS / "osp15_suv_tiny.json").read_text())["model"]["transformer"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, job_config):
     pytest.importorskip("megatron.core", reason="megatron-core is not installed")
     return _launch(sys.executable, 4, CASES + META_CASES + TRAIN_CASES + RESUME_CASES + list(RECOMPUTE_CASES)
-                   + BF16_CASES + GUARDED_CASES, tmp_path_factory.mktemp("parallel") / "results.json")
+                   + BF16_CASES + GUARDED_CASES + JOB_CASES, tmp_path_factory.mktemp("parallel") / "results.json",
+                   job_config)
+
+
+@pytest.fixture(scope="module")
+def job_one_device(job_config, tmp_path_factory):
+    from mindspeed_mm.osp.training.config import load_config
+    from mindspeed_mm.osp.training.job import train
+    from train_helpers import metrics
+
+    out = tmp_path_factory.mktemp("job_one") / "run"
+    assert train(load_config(job_config), out, resume="none") == 0
+    return {"output": out, "metrics": metrics(out)}
+
+
+@pytest.mark.parametrize("case", JOB_CASES)
+def test_osp_train_under_a_layout_matches_one_device(results, job_one_device, case):
+    r = results[case]
+    one = job_one_device["metrics"]
+    assert r["exit_code"] == 0 and len(r["loss"]) == len(one) == 3
+    assert r["action"] == [e["action"] for e in one]
+    assert max(abs(a - e["loss"]) for a, e in zip(r["loss"], one)) <= TRAIN_TOL
+    assert max(abs(a - e["grad_norm"]) for a, e in zip(r["grad_norm"], one)) <= TRAIN_TOL
+    assert len({round(e["loss"], 6) for e in one}) == 3   # three different batches, not one repeated
+
+
+def test_job_checkpoint_of_a_layout_exports_the_one_device_weights(results, job_one_device):
+    """`osp convert` reads a checkpoint saved under TP2+SP (DP2) into the one-device state dict: trained and EMA
+    weights equal the one-process run's."""
+    from mindspeed_mm.osp.training.export import read_training_checkpoint
+
+    exported = {}
+    for ema in (False, True):
+        _, one, _ = read_training_checkpoint(job_one_device["output"], ema=ema)
+        _, sharded, _ = read_training_checkpoint(results["job/tp2_sp"]["output"], ema=ema)
+        assert one.keys() == sharded.keys()
+        assert max(float((one[k].float() - sharded[k].float()).abs().max()) for k in one) <= WEIGHT_TOL
+        exported[ema] = one
+    assert max(float((exported[True][k] - exported[False][k]).abs().max()) for k in exported[True]) > 1e-4
 
 
 @pytest.mark.parametrize("case", CASES)

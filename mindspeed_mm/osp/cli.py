@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "mindspeed_mm.osp.vae.cli",
     "mindspeed_mm.osp.ops.adavg",
     "mindspeed_mm.osp.convert.cli",
+    "mindspeed_mm.osp.training.cli",
     "mindspeed_mm.osp.sample",
     "mindspeed_mm.osp.parallel.commands",
 )

@@ -6,6 +6,7 @@ A case is <model>/<layout>: model toy (tests/parallel/toy.py), v13 or v15 (the 4
 layout tp<N>, pp<N>, cp<N>, vpp<N> and "sp", joined by "_" (e.g. tp2_sp_pp2). Each case checks, on every rank:
 forward output vs the single-device model, and the gathered official state dict vs the original weights. Prefixes
 train_ / recompute_ / resume_ / guarded_ select training checks; tokens "bf16" and rcfull / rc<N> (recompute) modify them.
+Model "job" runs the `osp train` job (config from --job-config) under the layout and reports its JSONL metrics.
 """
 from __future__ import annotations
 
@@ -405,13 +406,30 @@ def resume_case(spec: str, build, inputs, root: str) -> dict:
     return result
 
 
+def job_case(layout: str, config_path: str, root: str) -> dict:
+    """`osp train` (training.job.train) of the JSON config at `config_path` under `layout`: its JSONL metrics."""
+    from mindspeed_mm.osp.training.config import load_config
+    from mindspeed_mm.osp.training.job import train
+
+    kw = parse_layout(layout)
+    overrides = [f"parallel.tensor={kw['tensor_parallel']}", f"parallel.pipeline={kw['pipeline_parallel']}",
+                 f"parallel.context={kw['context_parallel']}",
+                 f"parallel.sequence_parallel={'true' if kw['sequence_parallel'] else 'false'}"]
+    out = os.path.join(root, "job_" + layout)
+    code = train(load_config(config_path, overrides), out, resume="none")
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))] if \
+        torch.distributed.get_rank() == 0 else []
+    return {"exit_code": code, "loss": [r["loss"] for r in records], "grad_norm": [r["grad_norm"] for r in records],
+            "action": [r["action"] for r in records], "output": out}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--hang-timeout", type=float, default=600)
+    ap.add_argument("--job-config", help="osp train config of the job/<layout> cases")
+    ap.add_argument("--hang-timeout", type=float, default=300, help="seconds one case may take")
     args = ap.parse_args()
-    faulthandler.dump_traceback_later(args.hang_timeout, exit=True)  # a hang becomes a traceback
     torch.distributed.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
@@ -422,15 +440,20 @@ def main():
         results["world_size_error"] = str(exc)
     seconds = results["seconds"] = {}  # wall time per case, for keeping the launch short
     for case in args.cases:
+        faulthandler.dump_traceback_later(args.hang_timeout, exit=True)  # a hang becomes a traceback
         started = time.perf_counter()
         model, _, layout = case.rpartition("/")
-        if model in ("", "toy"):
+        if model == "job":
+            build = inputs = expected = None
+        elif model in ("", "toy"):
             from toy import ToyDiT, toy_inputs
             build, inputs, expected = ToyDiT, toy_inputs(), None
         else:
             build, inputs, expected = fixture_model(model)
         try:
-            if layout.startswith("resume_"):
+            if model == "job":
+                results[case] = job_case(layout, args.job_config, os.path.dirname(os.path.abspath(args.out)))
+            elif layout.startswith("resume_"):
                 root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "ckpt_" + layout)
                 results[case] = resume_case(layout[len("resume_"):], build, inputs, root)
             elif layout.startswith("meta_"):

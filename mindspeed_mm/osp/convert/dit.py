@@ -1,11 +1,14 @@
 """Denoiser checkpoints (v1.3 Skiparse DiT, v1.5 SUV): diffusers / official / Megatron (any TP x PP x VPP).
 
 SRC: a diffusers `transformer/` folder (sharded or not), a checkpoint file (v1.5 `model_ema.pt`, `.pt`,
-`.safetensors`), or a Megatron folder at any TP/PP/VPP. DST by `--to`:
+`.safetensors`), a Megatron folder at any TP/PP/VPP, or an `osp train` run / checkpoint (`--ema`: its EMA
+weights). DST by `--to`:
   megatron   `latest_checkpointed_iteration.txt` + `release/mp_rank_XX[_YYY]/model_optim_rng.pt`
              (see mindspeed_mm/osp/convert/megatron.py for the layout; v1.3 names `--names mm|official`)
   official   one file: `.safetensors` or `.pt` (a plain state dict under the official names)
   diffusers  `config.json` + `diffusion_pytorch_model[-0000X-of-0000N].safetensors` (+ index when sharded)
+  pipeline   (an `osp train` SRC only) a pipeline folder `osp sample --model` runs: the trained transformer
+             with the VAE and text encoders the run's config names
 Tensors are copied bit-exactly (dtypes kept).
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 NAME = "dit"
 HELP = "DiT (v1.3 / v1.5): diffusers / official / Megatron TP x PP x VPP checkpoints (bit-exact)"
-TARGETS = ("megatron", "official", "diffusers")
+TARGETS = ("megatron", "official", "diffusers", "pipeline")
 
 
 def pick_config(config, version: str, source_config):
@@ -37,6 +40,12 @@ def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=No
     if to not in TARGETS:
         raise ValueError(f"--to {to!r}: choose one of {TARGETS}")
     dst = Path(dst)
+    if to == "pipeline":
+        from mindspeed_mm.osp.training.export import export_pipeline, is_training_checkpoint
+        if not is_training_checkpoint(src):
+            raise ValueError(f"--to pipeline takes an `osp train` run or checkpoint; {src} is not one (for released "
+                             "weights, assemble one with `osp make-pipeline`)")
+        return export_pipeline(src, dst, ema=ema, overwrite=overwrite, max_shard_size=max_shard_size)
     check_target(dst, overwrite)  # before reading a large checkpoint
     version, state_dict, source_config = read_checkpoint(src, version=version, ema=ema, trust_pickle=trust_pickle)
     explicit = config is not None or source_config is not None
@@ -82,7 +91,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--names", choices=("mm", "official"), default="mm",
                         help="megatron, v1.3: MindSpeed-MM names (videodit_sparse_blocks, self_atten, ...) or the "
                              "diffusers ones")
-    parser.add_argument("--ema", action="store_true", help="Megatron SRC: read its 'ema_model' weights")
+    parser.add_argument("--ema", action="store_true",
+                        help="Megatron SRC: read its 'ema_model' weights; `osp train` SRC: its EMA weights")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="load torch pickles fully (training saves hold args, RNG states; trusted files only)")
     parser.add_argument("--max-shard-size", default="5GB", help="diffusers: largest safetensors shard (e.g. 2GB)")

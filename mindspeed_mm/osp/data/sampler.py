@@ -152,6 +152,11 @@ class GroupedBatchSampler:
             self.epoch, self._position, self._yielded = int(epoch), 0, 0
             self._consumed_before, self._plan = None, None
 
+    def next_epoch(self) -> int:
+        """The epoch the next `__iter__` yields from (the next one once the current epoch is fully yielded)."""
+        done = self._position + self._yielded >= len(self._current_plan())
+        return self.epoch + 1 if done else self.epoch
+
     def __len__(self) -> int:
         """Batches the next `__iter__` yields: the rest of this epoch, or the next epoch once this one is done."""
         left = len(self._current_plan()) - self._position - self._yielded

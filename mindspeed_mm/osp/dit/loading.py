@@ -277,8 +277,8 @@ def read_checkpoint(path: PathLike, *, version: Optional[str] = None, ema: bool 
                     trust_pickle: bool = False) -> tuple[str, dict, Optional[dict]]:
     """(version "v13"/"v15", state dict under the official names, the folder's config.json or None) of any
     supported source: a diffusers `transformer/` folder (sharded or not; or its weights file), a v1.5
-    `model_ema.pt` / `.pt` / `.safetensors`, or a Megatron folder of either version at any TP x PP x VPP
-    (`ema`: its "ema_model" weights). `version` must agree with the key names, and decides when they do not tell."""
+    `model_ema.pt` / `.pt` / `.safetensors`, a Megatron folder of either version at any TP x PP x VPP
+    (`ema`: its "ema_model" weights), or an `osp train` run / checkpoint (`ema`: its EMA weights). `version` must agree with the key names, and decides when they do not tell."""
     from mindspeed_mm.osp.convert.megatron import detect_version, is_megatron_folder, read_megatron, \
         to_official_names
     path = Path(path)
@@ -286,6 +286,12 @@ def read_checkpoint(path: PathLike, *, version: Optional[str] = None, ema: bool 
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_file() and path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
         path = path.parent
+    if path.is_dir() and _is_training_checkpoint(path):
+        from mindspeed_mm.osp.training.export import read_training_checkpoint
+        found, state_dict, config = read_training_checkpoint(path, ema=ema)
+        if version is not None and version != found:
+            raise ValueError(f"{path} is a {found} training checkpoint, not {version}")
+        return found, state_dict, config
     if path.is_dir() and ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()):
         config, state_dict = read_diffusers_folder(path)
     elif is_megatron_folder(path):
@@ -294,6 +300,11 @@ def read_checkpoint(path: PathLike, *, version: Optional[str] = None, ema: bool 
         config, state_dict = None, read_mindspeed_checkpoint(path, trust_pickle, ema)
     version = detect_version(list(state_dict), str(path), version)
     return version, to_official_names(state_dict, version), config
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    from mindspeed_mm.osp.training.export import is_training_checkpoint
+    return is_training_checkpoint(path)
 
 
 def from_pretrained(path: PathLike, config: Optional[Union[dict, str, PathLike]] = None, *,

@@ -137,6 +137,20 @@ def _rng_object(states):
     return ShardedObject("rng_state", states, (world,), (rank,), replica_id=0)
 
 
+def _serverless_results_queue() -> None:
+    """megatron's file writer collects its write results in a queue from a Manager: a server process that
+    outlives a SIGKILLed trainer and keeps its stdout/stderr open (a pipe reader, or a launcher waiting for the
+    job's output, then never finishes). Where megatron runs a synchronous save in this process (0.16: the
+    strategy's `save` calls `execute_sync`), a plain in-process queue carries the results instead. Older releases
+    (0.12) write from a forked process and keep their Manager."""
+    import inspect
+    import queue
+    from megatron.core.dist_checkpointing.strategies import base, filesystem_async
+    if filesystem_async._results_queue is None and "execute_sync" in inspect.getsource(
+            base.AsyncSaveShardedStrategy.save):
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None,
                     tensors: dict | None = None) -> str:
     """Write `directory/iter_XXXXXXX` (through a temporary folder, renamed when complete) and `directory/latest`.
@@ -156,6 +170,7 @@ def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: di
         shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted save
         os.makedirs(tmp)
     _barrier()
+    _serverless_results_queue()
     state = _sharded_state_dict(pmodel, optimizer, is_loading=False, tensors=tensors)
     state.update(iteration=iteration, layout=repr(pmodel.layout), extra=dict(extra or {}),
                  tensor_groups=sorted(tensors or {}),

@@ -95,11 +95,18 @@ class NonFiniteGuard:
             raise ValueError(f"max_consecutive skipped steps must be >= 1, got {self.max_consecutive}")
 
     def observe(self, result: StepResult, step: int) -> None:
+        self.count(result)
+        self.check(result, step)
+
+    def count(self, result: StepResult) -> None:
         if result.applied:
             self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        self.total += 1
+        else:
+            self.in_a_row += 1
+            self.total += 1
+
+    def check(self, result: StepResult, step: int) -> None:
+        """Raise TrainingStopped once `max_consecutive` steps in a row were skipped (after `count`)."""
         if self.in_a_row >= self.max_consecutive:
             raise TrainingStopped(f"{self.in_a_row} steps in a row were skipped (last at step {step}: "
                                   f"{result.action.removeprefix('skip: ')}, loss {result.loss}); the weights were not "

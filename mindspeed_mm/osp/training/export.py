@@ -1,0 +1,120 @@
+"""Weights out of `osp train` checkpoints: the trained or the EMA weights in the official layout, and a pipeline
+folder that `osp sample` runs.
+
+A training checkpoint is found from the run folder (`runs/x`), its `checkpoints/` root (the `latest` iteration) or
+one `iter_XXXXXXX` folder. It is read on one process (a private gloo group when none is up) through the engine's
+own loader, so a checkpoint saved under any TP/PP/CP layout gives the same single-device state dict.
+
+    osp convert dit --to official runs/x model.safetensors [--ema]
+    osp convert dit --to diffusers runs/x transformer/ [--ema]
+    osp convert dit --to pipeline runs/x my_pipeline/ [--ema]   # + the run's VAE and text encoders
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+PathLike = Union[str, Path]
+
+
+def checkpoint_folder(path: PathLike) -> Optional[Path]:
+    """The iteration folder a run folder / checkpoints root / iteration folder names, or None if it is none."""
+    from mindspeed_mm.osp.parallel.checkpoint import LATEST, resolve
+    from mindspeed_mm.osp.training.job import CHECKPOINTS
+
+    path = Path(path)
+    if (path / CHECKPOINTS / LATEST).is_file():
+        path = path / CHECKPOINTS
+    if not ((path / LATEST).is_file() or (path / "metadata.json").is_file() and (path / "common.pt").is_file()):
+        return None
+    folder = Path(resolve(str(path)))
+    return folder if (folder / "common.pt").is_file() else None
+
+
+def is_training_checkpoint(path: PathLike) -> bool:
+    folder = checkpoint_folder(path)
+    if folder is None:
+        return False
+    from megatron.core import dist_checkpointing
+    return "model_config" in dist_checkpointing.load_common_state_dict(str(folder)).get("extra", {})
+
+
+def run_config(path: PathLike):
+    """(TrainConfig, official model kwargs, iteration folder) of a training checkpoint."""
+    from megatron.core import dist_checkpointing
+    from mindspeed_mm.osp.training.config import from_dict
+
+    folder = checkpoint_folder(path)
+    if folder is None:
+        raise FileNotFoundError(f"{path} is not an `osp train` run, checkpoints folder or iter_ folder")
+    extra = dist_checkpointing.load_common_state_dict(str(folder))["extra"]
+    return from_dict(extra["config"]), extra["model_config"], folder
+
+
+def read_training_checkpoint(path: PathLike, ema: bool = False) -> tuple[str, dict, dict]:
+    """(version "v13"/"v15", state dict under the official names, official model kwargs) of the weights (or,
+    with `ema`, the EMA weights) of a training checkpoint."""
+    from mindspeed_mm.osp import parallel
+    from mindspeed_mm.osp.training.job import model_spec
+
+    config, model_config, folder = run_config(path)
+    if ema and not config.optimizer.ema:
+        raise ValueError(f"{folder} was trained without EMA (optimizer.ema=false); drop --ema")
+    created = not torch.distributed.is_initialized()
+    if created:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    elif torch.distributed.get_world_size() != 1:
+        raise RuntimeError("read_training_checkpoint runs on one process; call it outside a multi-process launch")
+    try:
+        parallel.initialize()
+        cls, cfg = model_spec(config, model_config)
+        with torch.device("meta"):
+            model = cls(cfg)
+        dtype = torch.bfloat16 if config.model.dtype == "bf16" else torch.float32
+        pmodel = parallel.parallelize(model.to(dtype), device=torch.device("cpu"))
+        groups = ("ema",) if ema else ()
+        resumed = parallel.load_checkpoint(pmodel, None, str(folder), tensor_groups=groups)
+        state = parallel.full_state_dict(pmodel, local=resumed.tensors["ema"] if ema else None)
+    finally:
+        from megatron.core import parallel_state
+        parallel_state.destroy_model_parallel()
+        if created:
+            torch.distributed.destroy_process_group()
+    state = {k: v.contiguous() for k, v in state.items()}
+    if config.model.version == "v1.5":   # the SUV module's flat block names -> transformer_blocks.{stage}.{j}
+        from mindspeed_mm.osp.dit.loading import suv_flat_to_official
+        return "v15", suv_flat_to_official(state, cfg.num_layers), model_config
+    return "v13", state, model_config
+
+
+def export_pipeline(src: PathLike, dst: PathLike, *, ema: bool = False, overwrite: bool = False,
+                    max_shard_size="5GB") -> Path:
+    """A pipeline folder (transformer from the checkpoint; VAE and text encoders as the run's config names them)."""
+    from mindspeed_mm.osp.diffusion import FlowMatchEulerSampler, v13_sampler
+    from mindspeed_mm.osp.files import check_target
+    from mindspeed_mm.osp.pipelines.video import VideoPipeline
+    from mindspeed_mm.osp.training.job import build_encoders, model_spec
+
+    check_target(Path(dst), overwrite)
+    config, model_config, _ = run_config(src)
+    missing = [k for k in ("vae", "text_encoder", "tokenizer") if getattr(config.model, k) is None]
+    if config.model.version == "v1.5" and config.model.text_encoder_2 is None:
+        missing.append("text_encoder_2")
+    if missing:
+        raise ValueError(f"the run's config names no model.{', model.'.join(missing)} (it trained from a feature "
+                         "cache); export the transformer with --to diffusers and assemble the pipeline with "
+                         "`osp make-pipeline`")
+    _, state, _ = read_training_checkpoint(src, ema)
+    cls, _ = model_spec(config, model_config)
+    transformer = cls.from_official(model_config, state)
+    vae, text = build_encoders(config, torch.device("cpu"))
+    version = config.model.version
+    sampler = v13_sampler() if version == "v1.3" else FlowMatchEulerSampler(shift=7.0)
+    pipe = VideoPipeline(version, transformer.float().eval(), vae.float(), text, sampler)
+    return pipe.save_pretrained(dst, overwrite=overwrite, max_shard_size=max_shard_size)

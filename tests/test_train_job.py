@@ -1,0 +1,210 @@
+"""`osp train` end to end on the tiny configs (CPU, gloo): bad configs are refused before anything is allocated,
+the loss falls when overfitting one video (v1.5, v1.3 T2V, v1.3 I2V), and a run killed with SIGKILL or stopped
+with SIGTERM, then relaunched, logs exactly the losses of an uninterrupted run. (Layouts: test_parallel_layouts.)"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mindspeed_mm.osp import cli
+from train_helpers import ROOT, make_data, metrics, write_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    return {"one": make_data(root / "one", videos=1), "eight": make_data(root / "eight", videos=8)}
+
+
+def osp_train(config: Path, output: Path, *args: str) -> int:
+    return cli.main(["train", "--config", str(config), "--output", str(output), *args])
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "train").glob("*.json")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid_and_fit_their_layout(path):
+    from mindspeed_mm.osp.training.config import load_config
+    from mindspeed_mm.osp.training.job import check_layout, official_model_config
+
+    config = load_config(path)
+    check_layout(config, official_model_config(config))
+    assert config.i2v == ("i2v" in path.stem)
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("changes, args, message", [
+    ({}, ["optimizer.lrr=1"], "optimizer has no key 'lrr'; did you mean 'lr'?"),
+    ({"optimzer": {}}, [], "unknown key 'optimzer'; did you mean 'optimizer'?"),
+    ({"steps": "ten"}, [], "steps must be int, got 'ten'"),
+    ({}, ["parallel.tensor=3"], "2 attention heads cannot be split over tensor_parallel 3"),
+    ({}, ["parallel.sequence_parallel=true"], "sequence_parallel needs parallel.tensor >= 2"),
+    ({}, ["data.source=/nonexistent/data.txt"], "data.source /nonexistent/data.txt"),
+    ({}, ["data.global_batch_size=3", "data.micro_batch_size=2"], "not a multiple of data.micro_batch_size"),
+    ({"data": {"cache": "somewhere"}, "diffusion": {"inpaint": {}}}, [], "I2V training encodes masked videos"),
+    ({"diffusion": {"inpaint": {"mask_weights": {}}}}, [], "diffusion.inpaint (I2V conditioning) is a v1.3"),
+    ({"model": {"text_encoder_2": None}}, [], "raw media needs model.text_encoder_2"),
+    ({"data": {"buckets": {"num_frame": 9}}}, [], "did you mean 'num_frames'"),
+])
+def test_bad_configs_are_refused_before_anything_is_allocated(tmp_path, data, capsys, changes, args, message):
+    changes = {**changes, "data": {"source": data["one"], **changes.get("data", {})}}
+    config = write_config(tmp_path / "c.json", "osp15_suv_tiny", changes)
+    assert osp_train(config, tmp_path / "run", *args) == 2
+    assert message in capsys.readouterr().err
+    assert not torch.distributed.is_initialized() and not (tmp_path / "run").exists()
+
+
+def test_v13_task_must_match_the_transformer(tmp_path, data, capsys):
+    config = write_config(tmp_path / "c.json", "osp13_i2v_tiny", {"data": {"source": data["one"]}})
+    assert osp_train(config, tmp_path / "run", "diffusion.inpaint=null") == 2
+    assert "is a v1.3 I2V (inpaint) model but diffusion.inpaint is unset" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("name", ["osp15_suv_tiny", "osp13_t2v_tiny", "osp13_i2v_tiny"])
+def test_loss_falls_when_overfitting_one_video(tmp_path, data, name):
+    """One video, 4 copies a step (the sampler tops the batch up), fresh noise and timesteps every step. The random
+    tiny WF-VAE's posterior is wide, so training takes its mean (data.sample_latents=false): one clip to memorise.
+    Measured over seeds 0-2: the mean of the last 10 losses is 0.31-0.43 of the first 10's (v1.3, min-SNR weighted
+    v-prediction, whose loss varies most with the timestep)."""
+    config = write_config(tmp_path / "c.json", name, {
+        "data": {"source": data["one"], "global_batch_size": 4, "caption_dropout": 0.0, "sample_latents": False},
+        "optimizer": {"clip": "none"}, "steps": 40, "checkpoint": {"every": 1000}})
+    assert osp_train(config, tmp_path / "run") == 0
+    losses = [e["loss"] for e in metrics(tmp_path / "run")]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert len(losses) == 40 and last < 0.6 * first, (first, last)
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def resume_config(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("resume")
+    return write_config(root / "c.json", "osp15_suv_tiny", {
+        "data": {"source": data["eight"], "global_batch_size": 2, "num_workers": 1},
+        "steps": STEPS, "checkpoint": {"every": 4, "keep_last": 2}})
+
+
+def _command(config: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "mindspeed_mm.osp.cli", "train", "--config", str(config), "--output", str(output)]
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+def _interrupt(config: Path, output: Path, sig: int, after_steps: int) -> subprocess.CompletedProcess:
+    """Start the run, send `sig` once `after_steps` steps are logged; returns the finished process."""
+    proc = subprocess.Popen(_command(config, output), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = output / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and len(log.read_text().splitlines()) >= after_steps):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the run logged no steps in 5 minutes"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _finish(config: Path, output: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(_command(config, output), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(resume_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    _finish(resume_config, out)
+    return {"output": out, "metrics": metrics(out)}
+
+
+def _same_run(resumed: list[dict], whole: dict) -> None:
+    whole = whole["metrics"]
+    assert [e["step"] for e in resumed] == list(range(1, STEPS + 1))
+    for key in ("loss", "grad_norm", "lr", "action", "consumed_samples", "epoch"):
+        assert [e[key] for e in resumed] == [e[key] for e in whole], key
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(resume_config, uninterrupted, tmp_path):
+    killed = _interrupt(resume_config, tmp_path / "run", signal.SIGKILL, after_steps=7)
+    assert killed.returncode == -signal.SIGKILL
+    logged = len(metrics(tmp_path / "run"))
+    assert logged < STEPS   # killed mid-run
+    _finish(resume_config, tmp_path / "run")
+    _same_run(metrics(tmp_path / "run"), uninterrupted)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        f"iter_{STEPS - 4:07d}", f"iter_{STEPS:07d}", "latest"]   # keep_last 2
+
+
+def test_sigterm_saves_exits_0_and_resumes(resume_config, uninterrupted, tmp_path):
+    stopped = _interrupt(resume_config, tmp_path / "run", signal.SIGTERM, after_steps=5)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    step = metrics(tmp_path / "run")[-1]["step"]
+    assert step < STEPS
+    assert f"stopped by SIGTERM after step {step}" in stopped.stdout and "--resume auto" in stopped.stdout
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == str(step)
+    _finish(resume_config, tmp_path / "run")
+    _same_run(metrics(tmp_path / "run"), uninterrupted)
+
+
+def test_a_finished_run_is_not_redone_and_its_config_is_kept(resume_config, uninterrupted, capsys):
+    run = uninterrupted["output"]
+    assert osp_train(resume_config, run) == 0
+    assert f"already reached step {STEPS} of {STEPS}" in capsys.readouterr().out
+    assert osp_train(resume_config, run, "optimizer.lr=0.5") == 2
+    assert "optimizer.lr: 0.001 in the checkpoint's run, 0.5 now" in capsys.readouterr().err
+    assert osp_train(resume_config, run, "--resume", "none") == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert len(metrics(run)) == STEPS
+
+
+def test_export_to_official_and_to_a_pipeline_that_samples(uninterrupted, tmp_path):
+    from safetensors.torch import load_file
+
+    from mindspeed_mm.osp.pipelines.video import VideoPipeline
+    from mindspeed_mm.osp.training.export import read_training_checkpoint
+
+    run = uninterrupted["output"]
+    assert cli.main(["convert", "dit", "--to", "official", str(run), str(tmp_path / "raw.safetensors")]) == 0
+    assert cli.main(["convert", "dit", "--to", "pipeline", "--ema", str(run), str(tmp_path / "pipe")]) == 0
+    raw = load_file(str(tmp_path / "raw.safetensors"))
+    _, ema, _ = read_training_checkpoint(run, ema=True)
+    pipe = VideoPipeline.from_pretrained(tmp_path / "pipe")
+    in_pipeline = pipe.transformer.official_state_dict()
+    assert in_pipeline.keys() == ema.keys() == raw.keys()
+    assert all(torch.equal(in_pipeline[k], ema[k]) for k in ema)             # the EMA weights, bit for bit
+    assert any(not torch.equal(raw[k], ema[k]) for k in ema)                 # which are not the trained ones
+    assert cli.main(["sample", "--model", str(tmp_path / "pipe"), "--prompt", "a red car running", "--output",
+                     str(tmp_path / "car.mp4"), "--num-frames", "17", "--height", "32", "--width", "48",
+                     "--steps", "2"]) == 0
+    assert (tmp_path / "car.mp4").stat().st_size > 0
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, data, capsys):
+    """lr 1e30 blows the weights up in one step; every later loss is non-finite: those steps are skipped and
+    logged, and after 3 in a row the run stops (exit 1) with the checkpoint of the last step intact."""
+    config = write_config(tmp_path / "c.json", "osp15_suv_tiny", {
+        "data": {"source": data["one"], "global_batch_size": 1},
+        "optimizer": {"lr": 1e30, "clip": "none", "max_skipped_in_a_row": 3},
+        "steps": 10, "checkpoint": {"every": 1}})
+    assert osp_train(config, tmp_path / "run") == 1
+    assert "3 steps in a row were skipped" in capsys.readouterr().err
+    log = metrics(tmp_path / "run")
+    assert [e["action"] for e in log] == ["keep", "skip: non-finite loss", "skip: non-finite loss",
+                                          "skip: non-finite loss"]
+    assert [e["skipped_total"] for e in log] == [0, 1, 2, 3]
+    # saved after steps 1-3 (a skipped step changes nothing); the stop raised before step 4 was saved
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "3"
