@@ -141,6 +141,10 @@ def test_rms_norm_rstd_shape_and_values():
     assert rstd2.shape == (3, 4, 1, 1)
     xf = x.float()
     assert torch.allclose(rstd, 1 / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6))
+    npu.npu_rms_norm(x.bfloat16(), torch.rand(16))                       # fp32 gamma with half x: allowed
+    for x_dtype, gamma_dtype in ((torch.float16, torch.bfloat16), (torch.float32, torch.float16)):
+        with pytest.raises(TypeError, match="gamma must have x's dtype"):
+            npu.npu_rms_norm(x.to(x_dtype), torch.rand(16, dtype=gamma_dtype))
 
 
 def test_rotary_mul_half_and_interleave():

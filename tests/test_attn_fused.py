@@ -56,13 +56,15 @@ def _spy(module, name):
     return calls
 
 
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_rms_norm_npu_path_matches_reference(dtype):
+def test_rms_norm_npu_path_matches_reference(dtype, weight_dtype):
+    """Every (x, weight) dtype pair reaches npu_rms_norm in a pair it accepts (the emulator enforces the rule)."""
     from mindspeed_mm.osp.ops.emulation import emulate_torch_npu
 
     torch.manual_seed(0)
     x = torch.randn(2, 6, 4, 32).to(dtype)
-    w = torch.rand(32)
+    w = torch.rand(32).to(weight_dtype)
     want = fused.rms_norm(x, w, use_npu=False)
     with emulate_torch_npu() as torch_npu:
         calls = _spy(torch_npu, "npu_rms_norm")

@@ -237,3 +237,18 @@ def test_kernels_pass_strict_mode():
     res = _run_shim_snippet(KERNEL_SNIPPET.format(br=16, bc=32), strict=True)
     assert res.returncode == 0, res.stderr
     assert "rc 0 violations 0 finite True" in res.stdout
+
+
+def test_triton_kernels_are_opt_in_and_reject_shapes_a_gpu_cannot_compile():
+    from mindspeed_mm.osp.ops.skiparse_kernels import check_tiles, resolve_backend
+
+    for kind in ("cuda", "cpu"):
+        assert resolve_backend(None, torch.device(kind))[1] == "rearrange"
+    with pytest.raises(ValueError, match="head_dim > 8 on a GPU"):
+        check_tiles(8, (0, 0), on_gpu=True)
+    check_tiles(8, (0, 0), on_gpu=False)   # the CPU interpreter takes any head dim
+    check_tiles(72, (16, 64), on_gpu=True)
+    with pytest.raises(ValueError, match="powers of two >= 16"):
+        check_tiles(64, (8, 64), on_gpu=False)
+    with pytest.raises(ValueError, match="powers of two >= 16"):
+        check_tiles(64, (16, 48), on_gpu=False)

@@ -35,6 +35,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
                          f"x {tuple(x.shape)}")
     if _use_npu(x, use_npu):
         import torch_npu
+        if weight.dtype != x.dtype and weight.dtype != torch.float32:
+            # npu_rms_norm takes gamma in x's dtype or fp32 (half x); fp32 holds any gamma exactly
+            weight = weight.float() if x.dtype in (torch.float16, torch.bfloat16) else weight.to(x.dtype)
         return torch_npu.npu_rms_norm(x, weight, epsilon=eps)[0]
     return rms_norm_reference(x, weight, eps)
 

@@ -109,6 +109,17 @@ def _triton_available() -> bool:
     return torch.cuda.is_available()
 
 
+def check_tiles(head_dim: int, tiles: tuple[int, int], on_gpu: bool) -> None:
+    """Triton kernel tiles are powers of two >= 16 (0 = 64); on a GPU `tl.dot` also needs the padded head dim >= 16."""
+    bad = [t for t in tiles if t and (t < 16 or t & (t - 1))]
+    if bad:
+        raise ValueError(f"triton_skiparse tile sizes {bad} are not powers of two >= 16 (0 picks 64)")
+    if on_gpu and head_dim <= 8:
+        raise ValueError(f"triton_skiparse needs head_dim > 8 on a GPU (tl.dot works on tiles of >= 16 lanes; "
+                         f"head_dim {head_dim} pads to {1 << max(head_dim - 1, 0).bit_length()}); use the "
+                         "'rearrange' skiparse backend for such heads")
+
+
 def _triton(x: SkiparseInputs) -> torch.Tensor:
     from .triton_skiparse import triton_skiparse_attention
 
@@ -143,14 +154,11 @@ BACKENDS: dict[str, SkiparseBackend] = {
 
 
 def resolve_backend(name: Optional[str], device: torch.device) -> tuple[Callable[[SkiparseInputs], torch.Tensor], str]:
-    """(function, resolved name). None picks ascendc on NPU, triton_skiparse on CUDA, else `rearrange`."""
+    """(function, resolved name). None picks ascendc on NPU (when its custom ops are installed), else `rearrange`.
+    The Triton kernels are opt-in (`triton_skiparse`): they have run in Triton's CPU interpreter only, never on a
+    GPU, so a CUDA machine with triton installed does not get them by default."""
     if name is None:
-        if device.type == "npu" and BACKENDS["ascendc"].available():
-            name = "ascendc"
-        elif device.type == "cuda" and BACKENDS["triton_skiparse"].available():
-            name = "triton_skiparse"
-        else:
-            name = "rearrange"
+        name = "ascendc" if device.type == "npu" and BACKENDS["ascendc"].available() else "rearrange"
     if name == "rearrange" or name.startswith("rearrange:"):
         inner = name.partition(":")[2] or None
         return (lambda x: rearranged_attention(x, inner)), name

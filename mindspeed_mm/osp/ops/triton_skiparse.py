@@ -277,10 +277,14 @@ def triton_skiparse_attention(q, k, v, *, sparsity: int, group: bool, scale: flo
     """Skiparse attention with the Triton kernels (BNSD, original token order).
 
     key_mask: (B, N + L) over video then text keys, True/1 = masked. block_m/block_n: query/key tile sizes
-    (powers of two >= 16; 0 = 64).
+    (powers of two >= 16; 0 = 64). float32 inputs go through `tl.dot` at Triton's default precision, which is TF32
+    on Ampere and newer GPUs (about 1e-3 relative error, like torch with TF32 matmuls enabled).
     """
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton_skiparse takes float16/bfloat16/float32 inputs, got {q.dtype}")
+    from .skiparse_kernels import check_tiles
+
+    check_tiles(q.shape[-1], (block_m, block_n), on_gpu=q.is_cuda)
     tensors = [t.contiguous() if t is not None else None for t in (q, k, v, text_k, text_v)]
     if key_mask is not None:
         key_mask = key_mask.to(torch.uint8).contiguous()

@@ -228,9 +228,14 @@ def _tnd(query, key, value, head_num, pse, atten_mask, scale, pre, nxt, seq_q, s
 
 
 def npu_rms_norm(self: torch.Tensor, gamma: torch.Tensor, epsilon: float = 1e-6):
-    """(y, rstd): y = x * rstd * gamma in x.dtype; rstd fp32 of shape x.shape[:-gamma.ndim] + (1,) * gamma.ndim."""
+    """(y, rstd): y = x * rstd * gamma in x.dtype; rstd fp32 of shape x.shape[:-gamma.ndim] + (1,) * gamma.ndim.
+    gamma has x's dtype, or is fp32 with fp16/bf16 x (any other pair is rejected, as the NPU op does)."""
     if self.shape[self.ndim - gamma.ndim:] != gamma.shape:
         raise ValueError(f"gamma shape {tuple(gamma.shape)} must match the trailing dims of x {tuple(self.shape)}")
+    if gamma.dtype != self.dtype and not (gamma.dtype == torch.float32 and self.dtype in (torch.float16,
+                                                                                          torch.bfloat16)):
+        raise TypeError(f"npu_rms_norm: gamma {gamma.dtype} with x {self.dtype}; gamma must have x's dtype, or be "
+                        "float32 with float16/bfloat16 x")
     dims = tuple(range(-gamma.ndim, 0))
     xf = self.float()
     rstd = torch.rsqrt(xf.pow(2).mean(dim=dims, keepdim=True) + epsilon)
