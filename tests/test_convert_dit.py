@@ -275,3 +275,13 @@ def test_training_checkpoint_with_ema_needs_trust(tmp_path):
     with pytest.raises(ValueError, match=r"trust_pickle=True \(CLI: --trust-pickle\)"):
         megatron.read_megatron(tmp_path / "ckpt", ema=True)
     assert_same(megatron.read_megatron(tmp_path / "ckpt", ema=True, trust_pickle=True)[1], sd)
+
+
+def test_convert_help_speaks_to_users(capsys):
+    from mindspeed_mm.osp import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["convert", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "osp convert MODEL --to LAYOUT SRC DST" in out and "--overwrite" in out
+    assert "CONVERTER_MODULES" not in out and "add_arguments" not in out

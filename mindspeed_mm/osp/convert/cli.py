@@ -5,7 +5,6 @@ imports (torch, safetensors) inside its functions. Add new converters to CONVERT
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 
 CONVERTER_MODULES = (
@@ -15,9 +14,14 @@ CONVERTER_MODULES = (
 )
 
 
+DESCRIPTION = ("Convert checkpoints between the official layouts and ours: `osp convert MODEL --to LAYOUT SRC DST`. "
+               "`osp convert MODEL --help` lists a converter's layouts and flags; DST is never overwritten without "
+               "--overwrite.")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("convert", help="convert checkpoints between official layouts and ours",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=DESCRIPTION)
     models = parser.add_subparsers(dest="model", metavar="MODEL")
     for name in CONVERTER_MODULES:
         module = importlib.import_module(name)
