@@ -28,12 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, no traceback. Outputs are written through temporary files that are removed on the way
+        # out, so nothing half-written is left under the output names.
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
@@ -12,6 +14,20 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+TEMPORAL_FACTOR = {"v1.3": 4, "v1.5": 8}  # frames must be TEMPORAL_FACTOR * k + 1 (the WF-VAE's compression)
+
+
+class UsageError(SystemExit):
+    """A bad command line found before any work: exit status 2 (as argparse), the message already on stderr."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = 2
+
+
+def _usage(message: str) -> UsageError:
+    print(f"osp sample: error: {message}", file=sys.stderr)
+    return UsageError(f"error: {message}")
 
 
 def register(subparsers) -> None:
@@ -80,19 +96,56 @@ def register(subparsers) -> None:
     m.set_defaults(func=run_make_pipeline)
 
 
+def _check_make_pipeline_inputs(args: argparse.Namespace) -> None:
+    """Before loading anything: each given path exists, and the weights files are real checkpoints."""
+    from mindspeed_mm.osp.dit.loading import check_checkpoint_path
+    for flag, path in (("--transformer", args.transformer), ("--vae", args.vae),
+                       ("--text-encoder", args.text_encoder), ("--tokenizer", args.tokenizer),
+                       ("--text-encoder-2", args.text_encoder_2), ("--tokenizer-2", args.tokenizer_2)):
+        if path is not None and not Path(path).exists():
+            raise SystemExit(f"error: problem: {flag} {path} does not exist; fix: check the path")
+    for flag, path in (("--transformer", args.transformer), ("--vae", args.vae)):
+        try:
+            check_checkpoint_path(path, flag)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"error: {err}")
+
+
+def _untrusted_pickle_fix(flag: str, path) -> str:
+    """What to do when a released part is a pickle with non-tensor objects (make-pipeline never unpickles them)."""
+    if flag == "--transformer":
+        return (f"make-pipeline loads plain weights only; if you trust the file, extract them with `osp convert dit "
+                f"--to official --trust-pickle {path} weights.safetensors` and pass --transformer weights.safetensors")
+    return (f"make-pipeline loads plain weights only; if you trust the file, convert it with `osp convert wfvae "
+            f"--to osp --unsafe-pickle {path} vae_folder` and pass --vae vae_folder")
+
+
 def run_make_pipeline(args: argparse.Namespace) -> int:
+    import pickle
+
     import torch
 
+    from mindspeed_mm.osp.dit.loading import UntrustedPickleError, untrusted_pickle
     from .pipelines import assemble_pipeline
 
     if Path(args.output).exists() and not args.overwrite:
         raise SystemExit(f"error: {args.output} exists; pass --overwrite or choose another --output")
+    _check_make_pipeline_inputs(args)
     try:
         pipe = assemble_pipeline(args.version, args.transformer, args.vae, args.text_encoder, args.tokenizer,
                                  args.text_encoder_2, args.tokenizer_2, args.transformer_config,
                                  dtype=getattr(torch, DTYPES[args.dtype]))
         folder = pipe.save_pretrained(args.output, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
+    except UntrustedPickleError as err:  # the denoiser (dit.loading)
+        raise SystemExit(f"error: {err.describe(_untrusted_pickle_fix('--transformer', err.path))}")
     except (FileNotFoundError, ValueError) as err:
+        cause = err.__cause__
+        if isinstance(cause, pickle.UnpicklingError):  # the VAE's reader (vae.checkpoint) wraps torch's refusal
+            refused = untrusted_pickle(args.vae, cause)
+            if refused is not None:
+                raise SystemExit(f"error: {refused.describe(_untrusted_pickle_fix('--vae', args.vae))}")
+            raise SystemExit(f"error: problem: --vae {args.vae} is a damaged torch checkpoint; fix: re-download "
+                             "or re-export it")
         raise SystemExit(f"error: {err}")
     print(f"wrote {folder} ({args.version}, {args.dtype}); sample with: osp sample --model {folder} --prompt ...")
     return 0
@@ -103,20 +156,31 @@ def read_prompts(args) -> List[str]:
     if args.prompt_file:
         path = Path(args.prompt_file)
         if not path.is_file():
-            raise SystemExit(f"error: --prompt-file {path} does not exist")
+            raise _usage(f"--prompt-file {path} does not exist")
         prompts += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     if not prompts:
-        raise SystemExit("error: give at least one --prompt or a --prompt-file")
+        raise _usage("give at least one --prompt or a --prompt-file")
+    empty = [i + 1 for i, prompt in enumerate(prompts) if not prompt.strip()]
+    if empty:
+        raise _usage(f"prompt {empty[0]} is empty; describe the video, e.g. --prompt 'a red car driving in the rain'")
     return prompts
 
 
 def output_paths(output: str, count: int) -> List[Path]:
     out = Path(output)
     if out.suffix.lower() != ".mp4":
-        raise SystemExit(f"error: --output {out} must end in .mp4")
+        raise _usage(f"--output {out} must end in .mp4")
     if count == 1:
         return [out]
     return [out.with_name(f"{out.stem}_{i:03d}.mp4") for i in range(count)]
+
+
+def image_spec(spec: str) -> tuple:
+    """`IMG[@INDEX]` -> (path, index string or "")."""
+    head, sep, tail = spec.rpartition("@")
+    if sep and tail.lstrip("-").isdigit():  # IMG@INDEX (a file name may itself contain '@')
+        return head, tail
+    return spec, ""
 
 
 def parse_images(specs: List[str], height: int, width: int) -> Dict[int, "torch.Tensor"]:
@@ -127,10 +191,7 @@ def parse_images(specs: List[str], height: int, width: int) -> Dict[int, "torch.
 
     frames = {}
     for n, spec in enumerate(specs):
-        path, index = spec, ""
-        head, sep, tail = spec.rpartition("@")
-        if sep and tail.lstrip("-").isdigit():  # IMG@INDEX (a file name may itself contain '@')
-            path, index = head, tail
+        path, index = image_spec(spec)
         if index:
             i = int(index)
         elif len(specs) <= 2:
@@ -166,6 +227,104 @@ def _save_latents_atomic(path: Path, latents) -> None:
     from .files import replace_file
 
     replace_file(path, lambda tmp: save_file({"latents": latents.detach().float().cpu().contiguous()}, tmp))
+
+
+def model_version(args) -> str:
+    """v1.3 / v1.5 from the preset name, or the pipeline folder's model_index.json (else transformer/config.json);
+    reads only those small JSON files."""
+    if args.preset:
+        from .pipelines.presets import PRESETS
+
+        if args.preset not in PRESETS:
+            raise _usage(f"unknown --preset {args.preset!r}; available: {', '.join(PRESETS)}")
+        return "v1.3" if args.preset.startswith("tiny-osp13") else "v1.5"
+    folder = Path(args.model)
+    if not folder.is_dir():
+        raise _usage(f"--model {folder} is not a folder; give a pipeline folder (see `osp make-pipeline`)")
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise _usage(f"{index_file} is missing: --model must be a pipeline folder written by `osp make-pipeline` "
+                     "(model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    version = _read_json(index_file).get("version")
+    if version not in TEMPORAL_FACTOR:
+        config_file = folder / "transformer" / "config.json"
+        name = str(_read_json(config_file).get("_class_name", "")) if config_file.is_file() else ""
+        version = ("v1.3" if "v1_3" in name or "OSP13" in name else
+                   "v1.5" if name in ("SparseUMMDiT", "SUVDiT") else None)
+    if version is None:
+        raise _usage(f"{index_file} names no model version (\"version\": \"v1.3\" or \"v1.5\"); rewrite the folder "
+                     "with `osp make-pipeline`")
+    return version
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise _usage(f"cannot read {path}: {err}; fix the file or rebuild the folder with `osp make-pipeline`")
+    if not isinstance(data, dict):
+        raise _usage(f"{path} is not a JSON object; fix the file or rebuild the folder with `osp make-pipeline`")
+    return data
+
+
+def check_writable(path: Path, flag: str = "--output") -> None:
+    """Create and remove a temporary file where `path` will be written (its folder, or the nearest existing parent
+    when the folder is still to be made)."""
+    folder = path.parent.absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _usage(f"{flag} {path}: {existing} is a file, not a folder; choose another {flag}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=existing, prefix=".osp-write-check.")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as err:
+        raise _usage(f"{flag} {path}: cannot write to {existing} ({err.strerror or err}); choose another {flag} or "
+                     "fix the folder's permissions")
+
+
+def check_video_writer() -> None:
+    try:
+        import av  # noqa: F401  (the mp4 writer)
+    except ImportError:
+        raise _usage("writing mp4 needs PyAV, which is not installed: pip install av")
+
+
+def check_request(args, version: str) -> None:
+    """Sizes, steps and the like, checked before any weights load (the defaults are valid by construction)."""
+    for name in ("num_frames", "height", "width", "steps", "batch_size", "vae_chunk"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise _usage(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.fps is not None and args.fps <= 0:
+        raise _usage(f"--fps must be positive, got {args.fps}")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and value % 2:
+            raise _usage(f"--{name} {value} is odd; mp4 (yuv420p) needs even sizes: use {value - 1} or {value + 1}")
+    for spec in args.image:
+        if not Path(image_spec(spec)[0]).is_file():
+            raise _usage(f"--image {image_spec(spec)[0]} does not exist")
+    if args.pad:
+        return
+    from .pipelines.geometry import VideoGeometry
+
+    geometry = VideoGeometry(temporal_factor=TEMPORAL_FACTOR[version])
+    tf, stride = geometry.temporal_factor, geometry.size_stride
+    problems = []
+    if args.num_frames is not None and geometry.valid_frames(args.num_frames)[0] != args.num_frames:
+        lo, hi = geometry.valid_frames(args.num_frames)
+        problems.append(f"num_frames {args.num_frames} is not {tf}k+1 for {version} (nearest: {lo} or {hi})")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and geometry.valid_size(value)[0] != value:
+            lo, hi = geometry.valid_size(value)
+            problems.append(f"{name} {value} is not a multiple of {stride} (nearest: {lo} or {hi})")
+    if problems:
+        raise _usage("; ".join(problems) + ". Pick valid values, or pass --pad to generate at the next valid size "
+                     "and crop back")
 
 
 def build_pipeline(args):
@@ -207,14 +366,12 @@ def run(args: argparse.Namespace) -> int:
     from . import __version__
     from .data.video_io import model_output_to_frames, write_video
 
+    # everything that can be checked without the weights is checked first (loading takes minutes)
     prompts = read_prompts(args)
     paths = output_paths(args.output, len(prompts))
-    for name in ("batch_size", "steps", "vae_chunk"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.fps is not None and args.fps <= 0:
-        raise SystemExit(f"error: --fps must be positive, got {args.fps}")
+    check_request(args, model_version(args))
+    check_video_writer()
+    check_writable(paths[0])
     from .pipelines.parallel_run import parallelize_pipeline, setup_parallel
 
     ranks = setup_parallel(args.tp, args.cp)
@@ -225,12 +382,14 @@ def run(args: argparse.Namespace) -> int:
                                               paths[i].with_suffix(".latents.safetensors"))
                 if q.exists() and (q.suffix != ".safetensors" or args.save_latents)]
     if existing and not args.overwrite:
-        raise SystemExit(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
+        raise _usage(f"output exists: {', '.join(existing)}; pass --overwrite or choose another --output")
     pipe = build_pipeline(args)
     if ranks.model_parallel:
         parallelize_pipeline(pipe)
     d = pipe.defaults
-    frames_n, height, width = args.num_frames or d.num_frames, args.height or d.height, args.width or d.width
+    frames_n, height, width = (d.num_frames if args.num_frames is None else args.num_frames,
+                               d.height if args.height is None else args.height,
+                               d.width if args.width is None else args.width)
     try:
         gen_size = pipe.geometry.resolve(frames_n, height, width, pad=args.pad)
     except ValueError as err:
@@ -239,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: generating {gen_size[0]}x{gen_size[1]}x{gen_size[2]} and cropping to "
               f"{frames_n}x{height}x{width} (--pad)", file=sys.stderr)
     images = parse_images(args.image, gen_size[1], gen_size[2]) if args.image else None
-    steps = args.steps or d.steps
+    steps = d.steps if args.steps is None else args.steps
     guidance = d.guidance_scale if args.guidance is None else args.guidance
     rescale = d.guidance_rescale if args.guidance_rescale is None else args.guidance_rescale
     fps = args.fps or d.fps

@@ -34,10 +34,15 @@ def read_ckpt(path: str) -> Dict[str, "mindspore.Tensor"]:
     return {k: ms.Tensor(v) for k, v in ms.load_checkpoint(path).items()}
 
 
-def _atomic_save(tensors: Mapping[str, "mindspore.Tensor"], path: str, fmt: str, overwrite: bool) -> None:
-    ms = _ms()
+def _refuse_existing(path: str, overwrite: bool) -> None:
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
+        raise FileExistsError(f"problem: {path} exists; fix: choose a new output path or pass --overwrite "
+                              "(overwrite=True) to replace it")
+
+
+def _atomic_save(tensors: Mapping[str, "mindspore.Tensor"], path: str, fmt: str, overwrite: bool) -> None:
+    _refuse_existing(path, overwrite)
+    ms = _ms()
     from mindspeed_mm.osp.files import replace_file
 
     replace_file(path, lambda tmp: ms.save_checkpoint([{"name": k, "data": v} for k, v in tensors.items()], tmp,
@@ -65,6 +70,7 @@ def map_names_to_net(names: Iterable[str], net_param_names: Iterable[str]) -> Di
 def safetensors_to_ckpt(src: str, dst: str, net=None, overwrite: bool = False) -> Dict[str, str]:
     """Convert a torch safetensors file to a MindSpore `.ckpt`; names mapped onto `net`'s when a Cell is given.
     Returns the name map used."""
+    _refuse_existing(dst, overwrite)  # before reading
     tensors = read_safetensors(src)
     mapping = (map_names_to_net(tensors, [p.name for p in net.get_parameters()]) if net is not None
                else {k: k for k in tensors})
@@ -76,6 +82,7 @@ def ckpt_to_safetensors(src: str, dst: str, torch_names: Optional[Iterable[str]]
                         overwrite: bool = False) -> Dict[str, str]:
     """Convert a MindSpore `.ckpt` to safetensors; with `torch_names` (the torch model's keys) legacy
     gamma/beta names are mapped back. Returns the name map used."""
+    _refuse_existing(dst, overwrite)  # before reading
     tensors = read_ckpt(src)
     mapping = map_names_to_net(tensors, torch_names) if torch_names is not None else {k: k for k in tensors}
     _atomic_save({mapping[k]: v for k, v in tensors.items()}, dst, "safetensors", overwrite)
@@ -106,11 +113,15 @@ def load_into_net(net, path: str, ignore: Optional[Callable[[str], bool]] = None
 
 def wfvae_to_ckpt(pretrained_dir: str, dst: str, overwrite: bool = False) -> Tuple[str, str]:
     """Our WF-VAE folder (`config.json` + `model.safetensors`) -> `dst` folder with `config.json` + `model.ckpt`
-    for the MindSpore model (names identical; Haar filters, if present, dropped: the model builds them)."""
+    for the MindSpore model (names identical; Haar filters, if present, dropped: the model builds them).
+    An existing non-empty `dst` is refused unless `overwrite`."""
     import shutil
+    from pathlib import Path
 
-    from mindspeed_mm.osp.files import replace_file
+    from mindspeed_mm.osp.files import check_target, replace_file
     from mindspeed_mm.osp.vae.official import is_fixed_filter_key
+
+    check_target(Path(dst), overwrite)  # before reading anything
 
     tensors = {k: v for k, v in read_safetensors(os.path.join(pretrained_dir, "model.safetensors")).items()
                if not is_fixed_filter_key(k)}
@@ -134,7 +145,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import sys
+    try:
+        return _run(args)
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"osp convert mindspore: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     src, dst, overwrite = args.src, args.dst, getattr(args, "overwrite", False)
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"problem: {src} does not exist; fix: check the path")
     if os.path.isdir(src):
         cfg, ckpt = wfvae_to_ckpt(src, dst, overwrite=overwrite)
         print(f"wrote {cfg} and {ckpt}")

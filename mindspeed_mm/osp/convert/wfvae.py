@@ -27,10 +27,14 @@ def _check_target(dst: Path, overwrite: bool) -> None:
 
 
 def read_official(src: str | os.PathLike, config: Optional[dict] = None, weights_only: bool = True):
-    """(WFVAEConfig, state dict with official names, Haar filters dropped, dtypes untouched)."""
-    from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir, load_checkpoint_file
+    """(WFVAEConfig, state dict with official names, Haar filters dropped, dtypes untouched).
+    A torch pickle holding non-tensor objects raises `UntrustedPickleError` unless `weights_only=False`."""
+    from mindspeed_mm.osp.dit.loading import load_tensor_file
+    from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir
     from mindspeed_mm.osp.vae.official import parse_official
     src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"problem: {src} does not exist; fix: check the path")
     if src.is_dir():
         if config is None and (src / "config.json").is_file():
             config = json.loads((src / "config.json").read_text())
@@ -40,7 +44,7 @@ def read_official(src: str | os.PathLike, config: Optional[dict] = None, weights
         src = ckpt
     elif config is None and (src.parent / "config.json").is_file():
         config = json.loads((src.parent / "config.json").read_text())
-    cfg, weights = parse_official(config, load_checkpoint_file(src, weights_only))
+    cfg, weights = parse_official(config, load_tensor_file(src, trust_pickle=not weights_only))
     _check_keys(cfg, weights)
     return cfg, weights
 
@@ -77,15 +81,18 @@ def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = 
 def osp_to_official(src, dst, overwrite: bool = False) -> Path:
     """Our directory -> official directory (config.json + merged.ckpt) or a single checkpoint file."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
+    from mindspeed_mm.osp.dit.loading import load_tensor_file
     from mindspeed_mm.osp.vae.official import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, config_from_json
     src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"problem: {src} does not exist; fix: check the path")
     meta = json.loads((src / CONFIG_FILE).read_text()) if (src / CONFIG_FILE).is_file() else {}
     cfg, _ = config_from_json(meta)
     if cfg is None:
         raise ValueError(f"{src} is not a mindspeed_mm.osp WF-VAE directory (config.json with format {FORMAT_NAME!r})")
-    weights = load_file(str(src / WEIGHTS_FILE))
+    weights = load_tensor_file(src / WEIGHTS_FILE)
     _check_keys(cfg, weights)
     _check_target(dst, overwrite)
     if dst.suffix in FILE_SUFFIXES:
@@ -116,8 +123,14 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import sys
+
+    from mindspeed_mm.osp.dit.loading import UntrustedPickleError
     try:
         return _run(args)
+    except UntrustedPickleError as err:
+        print(f"osp convert wfvae: error: {err.describe('if you trust the file, pass --unsafe-pickle')}",
+              file=sys.stderr)
+        return 2
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"osp convert wfvae: error: {err}", file=sys.stderr)
         return 2

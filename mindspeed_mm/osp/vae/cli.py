@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -16,6 +19,22 @@ DTYPES = ("fp32", "bf16", "fp16")
 DEMO_PRESET = "tiny_v13"
 DEMO_FRAMES, DEMO_SIZE, DEMO_FPS, DEMO_CHUNK_FRAMES = 17, 64, 8.0, 8
 DEFAULT_FPS = 24.0
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def register(subparsers) -> None:
@@ -40,23 +59,25 @@ def register(subparsers) -> None:
                    help="no input or weights needed: synthesise a clip and use a randomly initialised tiny WF-VAE")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help=f"with --demo: WF-VAE preset to initialise randomly (default {DEMO_PRESET})")
-    p.add_argument("--chunk-frames", type=int, default=None, metavar="N",
+    p.add_argument("--chunk-frames", type=_positive_int, default=None, metavar="N",
                    help="encode N video frames at a time, decode max(1, N // R) latent frames at a time (causal "
                         "cache: same output as the whole clip, less memory). Default: whole clip "
                         f"(--demo: {DEMO_CHUNK_FRAMES})")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="VAE compute dtype (default: bf16 on GPU/NPU as in the official eval, fp32 on CPU)")
     p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1, npu:0, ... (default: detected)")
-    p.add_argument("--num-frames", type=int, default=None, metavar="N",
+    p.add_argument("--num-frames", type=_positive_int, default=None, metavar="N",
                    help="frames to take (default: all); the VAE needs 1 + R*n (R = 4 for v1.3, 8 for v1.5). "
                         f"--demo: frames to synthesise (default {DEMO_FRAMES})")
-    p.add_argument("--start", type=int, default=0, metavar="N", help="first frame to take")
-    p.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame (sample rate)")
-    p.add_argument("--resolution", type=int, default=None, metavar="S",
+    p.add_argument("--start", type=_non_negative_int, default=0, metavar="N", help="first frame to take")
+    p.add_argument("--stride", type=_positive_int, default=1, metavar="N", help="take every N-th frame (sample rate)")
+    p.add_argument("--resolution", type=_positive_int, default=None, metavar="S",
                    help=f"resize the short side to S pixels first (--demo: frame size S x S, default {DEMO_SIZE})")
     p.add_argument("--center-crop", action="store_true", help="after resizing, center-crop to S x S")
     p.add_argument("--pad", action="store_true",
-                   help="pad frames/size the VAE cannot take (T != 1 + R*n, H/W not multiples of 8) and crop back")
+                   help="pad frames/size the VAE cannot take (T != 1 + R*n, H/W not multiples of 8) and crop back; "
+                        "an odd height/width is written one pixel smaller (mp4/yuv420p needs even sizes; PSNR/SSIM "
+                        "use the full frames)")
     p.add_argument("--backend", choices=("decord", "av", "cv2"), default=None, help="video reader (default: first "
                    "installed of decord, av, cv2)")
     p.add_argument("--save-input", action="store_true",
@@ -107,14 +128,80 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             return _fail(f"{path} already exists; pass --overwrite to replace it, or choose another output path")
     if inp is not None and inp.resolve() in {out.resolve(), saved_input and saved_input.resolve()}:
         return _fail("the output path must differ from the input video")
+    problem = _check_before_work(args, out)
+    if problem:
+        return _fail(problem)
     from mindspeed_mm.osp.data.video_io import VideoReadError
+    written: list = []  # files this run wrote; removed again if it fails, so a failed run leaves no outputs
     try:
-        return _reconstruct_command(args, inp, out, saved_input)
+        rc = _reconstruct_command(args, inp, out, saved_input, written)
+        written.clear()
+        return rc
     except (FileNotFoundError, FileExistsError, VideoReadError, ValueError) as e:
-        return _fail(str(e))
+        # the VAE's library messages name keyword arguments; say the CLI flag instead
+        return _fail(str(e).replace("pass pad=True", "pass --pad").replace("overwrite=True (CLI: --overwrite)",
+                                                                             "--overwrite"))
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
 
 
-def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Path, saved_input: Optional[Path]) -> int:
+def _check_before_work(args: argparse.Namespace, out: Path) -> Optional[str]:
+    """What can be checked without reading video or weights: the mp4 writer, write access, the model's config
+    file, and with --demo the synthetic clip's size (the demo writes its input first). None when all is well."""
+    try:
+        import av  # noqa: F401  (the mp4 writer)
+    except ImportError:
+        return "writing mp4 needs PyAV, which is not installed: pip install av"
+    existing = out.parent.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot write {out}: {existing} is a file, not a folder; choose another output path"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=existing, prefix=".osp-write-check.")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as err:
+        return f"cannot write {out}: {existing} is not writable ({err.strerror or err}); choose another output path"
+    if args.model:
+        model = Path(args.model)
+        if not model.exists():
+            return f"--model {model} does not exist; give a WF-VAE folder (config.json + checkpoint) or checkpoint file"
+        config = (model if model.is_dir() else model.parent) / "config.json"
+        if config.is_file():
+            try:
+                json.loads(config.read_text())
+            except ValueError as err:
+                return f"{config} is not valid JSON ({err}); fix or replace the file"
+    if args.demo:
+        from mindspeed_mm.osp.vae.config import load_preset
+        try:
+            r = load_preset(args.preset or DEMO_PRESET).temporal_compression
+        except ValueError as err:
+            return str(err)
+        frames, size = args.num_frames or DEMO_FRAMES, args.resolution or DEMO_SIZE
+        if not args.pad and (frames - 1) % r:
+            lo = 1 + r * ((frames - 1) // r)
+            return (f"--num-frames {frames}: the VAE needs 1 + {r}*n frames (nearest: {lo} or {lo + r}); "
+                    "pick one, or pass --pad")
+        if not args.pad and size % 8:
+            lo = max(8, size // 8 * 8)
+            return f"--resolution {size}: the VAE needs a multiple of 8 (nearest: {lo} or {lo + 8}); pick one, or pass --pad"
+    return None
+
+
+def _even(frames, path: Path):
+    """uint8 (T, H, W, 3) frames cropped to even H and W (mp4/yuv420p), with a note when a pixel is dropped."""
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        print(f"note: {path}: mp4 (yuv420p) needs even sizes; writing {h - h % 2}x{w - w % 2} of the {h}x{w} frames",
+              file=sys.stderr)
+    return frames[:, :h - h % 2, :w - w % 2]
+
+
+def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Path, saved_input: Optional[Path],
+                         written: list) -> int:
     import torch
     from tqdm import tqdm
 
@@ -132,8 +219,11 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
         vae = WFVAE.from_preset(preset)
         size = args.resolution or DEMO_SIZE
         frames = moving_pattern(args.num_frames or DEMO_FRAMES, size, size)
+        frames = _even(frames, saved_input)
         video_io.write_video(saved_input, frames, DEMO_FPS, overwrite=args.overwrite)
-        print(f"demo input: wrote {saved_input} ({frames.shape[0]} frames, {size}x{size}, moving pattern)")
+        written.append(saved_input)
+        print(f"demo input: wrote {saved_input} ({frames.shape[0]} frames, {frames.shape[1]}x{frames.shape[2]}, "
+              "moving pattern)")
         print(f"NOTE: WF-VAE preset {preset!r} with RANDOM weights (seed {args.seed}): the reconstruction is noise and "
               "PSNR/SSIM are meaningless. The demo shows reading, chunked encode/decode, metrics and writing at work; "
               "use --model with a trained checkpoint for real figures.")
@@ -173,9 +263,12 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
     x01, y01 = (video.float() + 1) / 2, (recon.float().cpu().clamp(-1, 1) + 1) / 2
     p, s = metrics.psnr(y01, x01), metrics.ssim(y01, x01)
     if args.save_input and not args.demo:
-        video_io.write_video(saved_input, video_io.model_output_to_frames(video), fps, overwrite=args.overwrite)
+        video_io.write_video(saved_input, _even(video_io.model_output_to_frames(video), saved_input), fps,
+                             overwrite=args.overwrite)
+        written.append(saved_input)
         print(f"wrote preprocessed input: {saved_input}")
-    video_io.write_video(out, video_io.model_output_to_frames(recon), fps, overwrite=args.overwrite)
+    video_io.write_video(out, _even(video_io.model_output_to_frames(recon), out), fps, overwrite=args.overwrite)
+    written.append(out)
     print(f"wrote reconstruction: {out}")
     print(f"PSNR {metrics.format_psnr(p)}   SSIM {s:.4f}   (per frame, averaged, on the tensors before mp4 "
           "compression)" + ("   [random weights: meaningless]" if args.demo else ""))
