@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -98,11 +99,13 @@ def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1, context_par
     from megatron.core import parallel_state, tensor_parallel as mtp
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    timeout = os.environ.get("OSP_DIST_TIMEOUT")   # seconds; also bounds megatron's own groups (default 30 min)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
         virtual_pipeline_model_parallel_size=virtual_pipeline,
         context_parallel_size=context_parallel,
+        **({"distributed_timeout_minutes": float(timeout) / 60} if timeout else {}),
     )
     mtp.model_parallel_cuda_manual_seed(seed)
     _LAYOUT = layout

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Feature extraction with `osp data extract` (each rank writes its own shards) on Ascend NPUs (torchrun, HCCL), one
+# node or many. Run the same command on every node; only NODE_RANK changes:
+#   DATA=/data/data.txt CONFIG=my_train.json VAE=/path/to/wfvae CACHE=/data/cache \
+#     bash examples/ascend/extract_latents.sh --text-encoder /path/to/t5 --tokenizer /path/to/t5 --dtype bf16
+# DATA, CONFIG (training config or buckets JSON), VAE and CACHE are required; the arguments go to `osp data
+# extract`. A rerun skips finished shards. MindSpore extractor: extract_latents_ms.sh.
+# NPUS_PER_NODE (default 8) processes per node; NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (defaults 1, 0,
+# 127.0.0.1, 6000). Sets MindSpeed-MM's environment (TASK_QUEUE_ENABLE=2, CPU_AFFINITY_CONF=1,
+# HCCL_CONNECT_TIMEOUT=1800, ...). CANN: ASCEND_HOME_PATH/ASCEND_TOOLKIT_HOME already set, or ASCEND_SET_ENV
+# (default /usr/local/Ascend/ascend-toolkit/set_env.sh) is sourced; otherwise the script stops. DRY_RUN=1 prints the
+# environment and the exact commands; OSP_LAUNCH_DEVICE=cpu runs on CPU (gloo; tests). Log:
+# LOG_DIR/node_<NODE_RANK>.log. All the variables: docs/launch.md.
+set -euo pipefail
+# shellcheck source=../launch_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../launch_common.sh"
+osp_launch ascend examples/ascend/extract_latents.sh
+osp_job_extract "$@"
