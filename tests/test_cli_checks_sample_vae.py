@@ -14,7 +14,6 @@ import torch
 from mindspeed_mm.osp import cli, sample
 from mindspeed_mm.osp.data import video_io
 from mindspeed_mm.osp.data.synthetic import moving_pattern
-from mindspeed_mm.osp.vae import WFVAE
 from mindspeed_mm.osp.vae import cli as vae_cli
 
 pytest.importorskip("av", reason="writing mp4 needs PyAV (pip install av)")
@@ -114,14 +113,6 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
 def _vae(capsys, *argv) -> tuple[int, str]:
     rc = _main(["vae", "reconstruct", *map(str, argv)])
     return rc, capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny_v13"
-    WFVAE.from_preset("tiny_v13").save_pretrained(path)
-    return path
 
 
 def _clip(path, frames=5, size=(32, 40)):

@@ -28,14 +28,6 @@ def _printed(out: str) -> tuple[float, float]:
     return float(m.group(1)), float(m.group(2))
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny_v13"
-    WFVAE.from_preset("tiny_v13").save_pretrained(path)
-    return path
-
-
 def _clip(path, frames=9, size=(32, 40)):
     video_io.write_video(path, moving_pattern(frames, *size), 10, crf=0)
     return path

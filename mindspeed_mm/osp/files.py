@@ -53,3 +53,19 @@ def replace_file(dst: Path, write: Callable[[str], None], suffix: str = ".tmp") 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def read_json_object(path, what: str) -> dict:
+    """A JSON object from `path`; errors name the file (`what`: e.g. "bucket config") and the problem."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    try:
+        values = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"{p}: expected a JSON object, got {type(values).__name__}")
+    return values

@@ -12,15 +12,10 @@ def load_bucket_config(path: str):
     training config), or a MindSpeed-MM data.json (its preprocess_parameters)."""
     from mindspeed_mm.osp.data.buckets import bucket_config_from_dict, bucket_config_from_mindspeed
 
+    from mindspeed_mm.osp.files import read_json_object
+
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"bucket config {p} does not exist")
-    try:
-        values = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from e
-    if not isinstance(values, dict):
-        raise ValueError(f"{p}: expected a JSON object of bucket settings")
+    values = read_json_object(p, "bucket config")
     if "dataset_param" in values:
         cfg, _ = bucket_config_from_mindspeed(values)
         return cfg

@@ -211,13 +211,12 @@ def apply_overrides(values: dict, overrides) -> dict:
 
 
 def load_config(path, overrides=()) -> TrainConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config {p} does not exist")
+    from mindspeed_mm.osp.files import read_json_object
+
     try:
-        values = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: not valid JSON ({e})") from e
+        values = read_json_object(path, "config")
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from e
     return from_dict(apply_overrides(values, overrides))
 
 

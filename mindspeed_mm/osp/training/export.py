@@ -11,7 +11,6 @@ own loader, so a checkpoint saved under any TP/PP/CP layout gives the same singl
 """
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Optional, Union
 
@@ -58,17 +57,14 @@ def read_training_checkpoint(path: PathLike, ema: bool = False) -> tuple[str, di
     """(version "v13"/"v15", state dict under the official names, official model kwargs) of the weights (or,
     with `ema`, the EMA weights) of a training checkpoint."""
     from mindspeed_mm.osp import parallel
-    from mindspeed_mm.osp.training.job import model_spec
+    from mindspeed_mm.osp.training.job import model_spec, single_process_group
 
     config, model_config, folder = run_config(path)
     if ema and not config.optimizer.ema:
         raise ValueError(f"{folder} was trained without EMA (optimizer.ema=false); drop --ema")
     created = not torch.distributed.is_initialized()
     if created:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        single_process_group("gloo")
     elif torch.distributed.get_world_size() != 1:
         raise RuntimeError("read_training_checkpoint runs on one process; call it outside a multi-process launch")
     try:

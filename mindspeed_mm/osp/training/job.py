@@ -75,6 +75,15 @@ def resolve_resume(output: Path, resume: str) -> Optional[Path]:
     return path
 
 
+def single_process_group(backend: str, **kwargs) -> None:
+    """A world of one process on a free local port (plain `osp train`, checkpoint export)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                                         **kwargs)
+
+
 def init_distributed() -> tuple[torch.device, bool]:
     """torch.distributed from torchrun's environment, or a one-process group for a plain `osp train`; returns
     (this rank's device, whether the group was created here). `OSP_DIST_TIMEOUT` (seconds) bounds how long a
@@ -91,11 +100,7 @@ def init_distributed() -> tuple[torch.device, bool]:
         if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
             dist.init_process_group(platform.collective_backend(), **kwargs)
         else:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            dist.init_process_group(platform.collective_backend(), init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                                    world_size=1, **kwargs)
+            single_process_group(platform.collective_backend(), **kwargs)
     device = platform.default_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
