@@ -52,6 +52,8 @@ def max_across_ranks(value: float) -> float:
     return float(t)
 
 
+FORKS = []  # forks of this rank: checkpoints are written without any (a fork with live gloo threads can deadlock)
+os.register_at_fork(before=lambda: FORKS.append(1))
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "dit")
 
 
@@ -471,6 +473,7 @@ def main():
             sys.stderr.flush()
             os._exit(1)
         seconds[case] = round(time.perf_counter() - started, 1)
+    results["forks"] = len(FORKS)
     if torch.distributed.get_rank() == 0:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:

@@ -137,18 +137,41 @@ def _rng_object(states):
     return ShardedObject("rng_state", states, (world,), (rank,), replica_id=0)
 
 
-def _serverless_results_queue() -> None:
-    """megatron's file writer collects its write results in a queue from a Manager: a server process that
-    outlives a SIGKILLed trainer and keeps its stdout/stderr open (a pipe reader, or a launcher waiting for the
-    job's output, then never finishes). Where megatron runs a synchronous save in this process (0.16: the
-    strategy's `save` calls `execute_sync`), a plain in-process queue carries the results instead. Older releases
-    (0.12) write from a forked process and keep their Manager."""
-    import inspect
+def _in_process_save_strategy():
+    """megatron's `torch_dist` format, written by the calling process.
+
+    megatron writes each rank's files from processes it forks (0.16: one per file bucket; 0.12: a writer
+    process holding a Manager server). A fork of a trainer with live communicator threads can deadlock in the
+    child; on gloo we saw one rank never return from its writers while the others waited in the save's last
+    barrier. Here the same write plan, files and metadata are produced without any fork: each bucket is written
+    by megatron's own per-bucket writer in this process, and the results travel through a plain queue."""
     import queue
-    from megatron.core.dist_checkpointing.strategies import base, filesystem_async
-    if filesystem_async._results_queue is None and "execute_sync" in inspect.getsource(
-            base.AsyncSaveShardedStrategy.save):
-        filesystem_async._results_queue = queue.Queue()
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+    class InProcessTorchDistSave(TorchDistSaveShardedStrategy):
+        def save(self, sharded_state_dict, checkpoint_dir):
+            filesystem_async._results_queue = queue.Queue()  # not megatron's Manager: nothing outlives the save
+            request = self.async_save(sharded_state_dict, checkpoint_dir)
+            if request.async_fn is not None:
+                transforms = request.async_fn.args[0]
+                _, buckets, results = request.async_fn_args
+                if request.preload_fn is not None:
+                    buckets = request.preload_fn()
+                written, pending = queue.Queue(), queue.Queue()
+                for index, bucket in enumerate(buckets):
+                    pending.put(index)
+                    filesystem_async.FileSystemWriterAsync.write_preloaded_data(transforms, index, bucket, written,
+                                                                               pending, True)
+                outcome = dict(written.get() for _ in buckets)
+                failed = [r for r in outcome.values() if isinstance(r, Exception)]
+                results.put(failed[0] if failed else outcome)
+            torch.distributed.barrier()   # every rank's files exist before the coordinator writes the metadata
+            for finalize in request.finalize_fns:
+                finalize()
+
+    return InProcessTorchDistSave("torch_dist", 1)
 
 
 def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: dict | None = None,
@@ -170,7 +193,6 @@ def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: di
         shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted save
         os.makedirs(tmp)
     _barrier()
-    _serverless_results_queue()
     state = _sharded_state_dict(pmodel, optimizer, is_loading=False, tensors=tensors)
     state.update(iteration=iteration, layout=repr(pmodel.layout), extra=dict(extra or {}),
                  tensor_groups=sorted(tensors or {}),
@@ -178,7 +200,7 @@ def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: di
     scheduler = getattr(optimizer, "param_scheduler", None)
     if scheduler is not None:
         state["param_scheduler"] = scheduler.state_dict()
-    dist_checkpointing.save(state, tmp)
+    dist_checkpointing.save(state, tmp, sharded_strategy=_in_process_save_strategy())
     _barrier()
     if torch.distributed.get_rank() == 0:
         os.replace(tmp, final)
