@@ -79,3 +79,25 @@ def test_long_prompts_are_truncated_with_a_warning(caplog):
     with caplog.at_level("WARNING"):
         out = cond.encode(["a cat " * 10])
     assert out.attention_mask.sum() == 8 and "truncated to 8" in caplog.text
+
+
+def test_osp_text_tiny_builds_encoders_over_the_dataset_words(tmp_path, capsys):
+    from mindspeed_mm.osp import cli
+    from mindspeed_mm.osp.text import TextConditioner, load_text_encoder, load_tokenizer
+
+    anno = tmp_path / "anno.json"
+    anno.write_text('[{"path": "a.jpg", "cap": ["A red Circle, moving left!"]}, {"path": "b.jpg", "cap": ["a blue square"]}]')
+    out = tmp_path / "text"
+    argv = ["text", "tiny", str(out), "--captions", str(anno), "--dim", "16", "--pooled-dim", "8", "--max-length", "8"]
+    assert cli.main(argv) == 0
+    assert "7 words" in capsys.readouterr().out
+    tok = load_tokenizer(out / "tokenizer")
+    ids = tok("a blue circle moving up").input_ids
+    assert ids.count(tok.unk_token_id) == 1 and ids[-1] == tok.eos_token_id     # "up" is not a caption word
+    text = TextConditioner(load_text_encoder(out / "text_encoder"), tok, 8, load_text_encoder(out / "text_encoder_2"),
+                           load_tokenizer(out / "tokenizer_2"), 77)
+    emb = text.encode(["a red circle", "a blue square"])
+    assert emb.hidden_states.shape == (2, 8, 16) and emb.pooled.shape == (2, 8)
+    assert not torch.equal(emb.hidden_states[0], emb.hidden_states[1])
+    assert cli.main(argv) == 2 and "exists" in capsys.readouterr().err              # never over a folder
+    assert cli.main([*argv[:2], str(tmp_path / "o2"), *argv[3:5], "--dim", "7"]) == 2

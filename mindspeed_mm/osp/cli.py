@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 COMMAND_MODULES = (
     "mindspeed_mm.osp.envinfo",
     "mindspeed_mm.osp.data.cli",
+    "mindspeed_mm.osp.text.cli",
     "mindspeed_mm.osp.vae.cli",
     "mindspeed_mm.osp.ops.adavg",
     "mindspeed_mm.osp.convert.cli",
