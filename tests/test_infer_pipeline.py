@@ -70,6 +70,7 @@ def test_save_and_load_round_trip(pipe13, tmp_path):
         save_pipeline(pipe13, folder)
     save_pipeline(pipe13, folder, overwrite=True)  # replaced atomically
     loaded = type(pipe13).from_pretrained(folder)
+    assert loaded.defaults == pipe13.defaults and loaded.template is pipe13.template   # the model's own settings
     a = pipe13(["a cat"], seeds=[2], steps=1, **SIZE)
     b = loaded(["a cat"], seeds=[2], steps=1, **SIZE)
     assert torch.equal(a, b)

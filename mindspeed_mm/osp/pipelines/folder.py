@@ -7,6 +7,7 @@ vae/: WFVAE.save_pretrained; text encoders/tokenizers: transformers folders; sch
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -49,6 +50,8 @@ def _require(folder: Path, name: str) -> Path:
 def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -> Path:
     """Write all components to a temporary folder next to `folder`, then move it into place (the transformer's
     weights in safetensors shards of at most `max_shard_size`)."""
+    from .video import DEFAULTS
+
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists; pass overwrite=True (CLI: --overwrite) or choose another folder")
@@ -63,7 +66,7 @@ def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -
         index = {
             "_class_name": PIPELINE_CLASS,
             "version": pipe.version,
-            "template": pipe.template.__dict__ if pipe.template is not TEMPLATES[pipe.version] else pipe.version,
+            "template": next((name for name, t in TEMPLATES.items() if t is pipe.template), pipe.template.__dict__),
             "max_length": pipe.text.max_length,
             "transformer": ["mindspeed_mm.osp.dit", type(pipe.transformer).__name__],
             "vae": ["mindspeed_mm.osp.vae", type(pipe.vae).__name__],
@@ -77,6 +80,8 @@ def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -
             index["text_encoder_2"] = ["transformers", type(pipe.text.pooled_encoder).__name__]
             index["tokenizer_2"] = ["transformers", type(pipe.text.pooled_tokenizer).__name__]
             index["max_length_2"] = pipe.text.pooled_max_length
+        if pipe.defaults != DEFAULTS[pipe.version]:    # the model's own sampling settings (size, steps, ...)
+            index["defaults"] = dataclasses.asdict(pipe.defaults)
         pipe.sampler.save_pretrained(tmp / "scheduler")
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
 
@@ -114,5 +119,7 @@ def load_pipeline(folder, dtype: torch.dtype = torch.float32, text_dtype: Option
     template = index.get("template", version)
     template = TEMPLATES[template] if isinstance(template, str) else PromptTemplate(**template)
     pipe = VideoPipeline(version, transformer, vae, text, load_sampler(paths["scheduler"]), template)
+    if "defaults" in index:
+        pipe.defaults = dataclasses.replace(pipe.defaults, **index["defaults"])
     pipe.dtype = dtype
     return pipe
