@@ -9,11 +9,13 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a v1.5 SUV or v1.3 DiT (T2V/I2V) on the parallel engine",
+        "train", help="train a v1.5 SUV or v1.3 DiT (T2V/I2V) on the parallel engine, or a WF-VAE",
         description="Train a denoiser from a JSON config (sections model, data, diffusion, optimizer, parallel, "
-                    "checkpoint, logging; see docs/training.md and examples/train/). One process, or every rank of "
-                    "a torchrun launch. The same command resumes the run in --output (the default --resume auto); "
-                    "SIGTERM/SIGINT save a checkpoint and exit 0.")
+                    "checkpoint, logging; see docs/training.md and examples/train/), or train / fine-tune a WF-VAE "
+                    "from a config with \"task\": \"vae\" (sections model, data, loss, optimizer, checkpoint, "
+                    "logging; examples/train/wfvae_*.json). One process, or every rank of a torchrun launch. The "
+                    "same command resumes the run in --output (the default --resume auto); SIGTERM/SIGINT save a "
+                    "checkpoint and exit 0.")
     p.add_argument("--config", required=True, metavar="CONFIG.json", help="training config")
     p.add_argument("--output", metavar="DIR", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", default="auto", metavar="auto|PATH|none",
@@ -37,6 +39,13 @@ def _launched() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindspeed_mm.osp.training.vae_config import is_vae_config
+
+    if args.output is None:
+        args.output = str(Path("runs") / Path(args.config).stem)
+    if is_vae_config(args.config):
+        from mindspeed_mm.osp.training.vae_job import main
+        return main(args.config, args.overrides, Path(args.output), args.resume, resume_command(args))
     from mindspeed_mm.osp.data.annotations import AnnotationError
     from mindspeed_mm.osp.data.cache import CacheError
     from mindspeed_mm.osp.data.dataset import DataError
@@ -44,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
     from mindspeed_mm.osp.training.job import train
     from mindspeed_mm.osp.training.step import TrainingStopped
 
-    if args.output is None:
-        args.output = str(Path("runs") / Path(args.config).stem)
     try:
         config = load_config(args.config, args.overrides)
         return train(config, Path(args.output), args.resume, resume_command(args))

@@ -187,10 +187,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(values: dict, overrides) -> dict:
+def apply_overrides(values: dict, overrides, root=None) -> dict:
+    """`section.key=value` overrides onto a raw config dict, keys checked against the dataclass `root` (default
+    TrainConfig); free-form dict sections (data.buckets) take any key."""
     for text in overrides or ():
         path, value = parse_override(text)
-        node, cls = values, TrainConfig
+        node, cls = values, root or TrainConfig
         for i, key in enumerate(path):
             known = {f.name for f in dataclasses.fields(cls)} if cls else set(node)
             if cls is not None and key not in known:

@@ -47,11 +47,12 @@ def _flat(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resume_config(saved: dict, config: TrainConfig) -> None:
-    """A resumed run trains what its checkpoint trained: only layout, length and logging may change."""
+def check_resume_config(saved: dict, config, resumable=RESUMABLE_CHANGES) -> None:
+    """A resumed run trains what its checkpoint trained: only the `resumable` keys (layout, length, logging; a
+    trailing dot names a section) may change."""
     old, new = _flat(saved), _flat(config.to_dict())
     differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-              and not any(k == c or (c.endswith(".") and k.startswith(c)) for c in RESUMABLE_CHANGES)]
+              and not any(k == c or (c.endswith(".") and k.startswith(c)) for c in resumable)]
     if differ:
         lines = "\n  - ".join(f"{k}: {old.get(k)!r} in the checkpoint's run, {new.get(k)!r} now" for k in differ)
         raise ConfigError(f"the config differs from the run being resumed:\n  - {lines}\nresume with the run's "
