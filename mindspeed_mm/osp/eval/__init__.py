@@ -1,0 +1,1 @@
+"""Evaluation of generated media: simple detectors that score shapes-dataset prompts (`shapes_detect`)."""
