@@ -42,6 +42,21 @@ def _sample_usage_error(capsys, *argv) -> str:
     return capsys.readouterr().err
 
 
+def test_sample_without_a_model_uses_the_embedded_default_or_says_there_is_none(tmp_path, capsys, monkeypatch):
+    from mindspeed_mm.osp.pipelines import build_preset, folder
+
+    monkeypatch.setattr(folder, "DEFAULT_MODEL", tmp_path / "none")
+    err = _sample_usage_error(capsys, "--prompt", "a red circle", "--output", tmp_path / "v.mp4")
+    assert "no embedded default model" in err and "--model PIPELINE_DIR" in err
+    pipe = build_preset("tiny-osp15-random")
+    pipe.defaults = type(pipe.defaults)(9, 32, 32, 1, 1.0, 0.0, 8)   # the folder's own settings are used
+    pipe.save_pretrained(tmp_path / "default")
+    monkeypatch.setattr(folder, "DEFAULT_MODEL", tmp_path / "default")
+    assert _main(["sample", "--prompt", "a red circle", "--output", str(tmp_path / "v.mp4")]) == 0
+    assert "embedded default model" in capsys.readouterr().err
+    assert video_io.probe(tmp_path / "v.mp4").num_frames == 9
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--num-frames", "0"], "--num-frames must be >= 1, got 0"),
     (["--height", "0"], "--height must be >= 1, got 0"),

@@ -33,8 +33,9 @@ def _usage(message: str) -> UsageError:
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="generate videos from prompts (v1.3 / v1.5; t2v, v1.3 i2v)",
                               description="Generate mp4 videos (plus a JSON sidecar with every setting) from prompts.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="pipeline folder (model_index.json, transformer/, vae/, text_encoder/, ...)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="pipeline folder (model_index.json, transformer/, vae/, text_encoder/, ...); "
+                                     "default: the embedded tiny shapes model")
     src.add_argument("--preset", help="tiny random pipeline built in code: tiny-osp13-random, tiny-osp13-i2v-random, "
                                       "tiny-osp15-random (defaults: 2 latent frames + 1, 64x96, 4 steps)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
@@ -231,7 +232,17 @@ def _save_latents_atomic(path: Path, latents) -> None:
 
 def model_version(args) -> str:
     """v1.3 / v1.5 from the preset name, or the pipeline folder's model_index.json (else transformer/config.json);
-    reads only those small JSON files."""
+    reads only those small JSON files. Neither --model nor --preset: the embedded default model (set here)."""
+    if args.model is None and args.preset is None:
+        from .pipelines.folder import DEFAULT_MODEL, default_model
+
+        if default_model() is None:
+            raise _usage(f"no --model or --preset given and this install has no embedded default model "
+                         f"({DEFAULT_MODEL}); pass --model PIPELINE_DIR, or --preset tiny-osp15-random (random "
+                         "weights: noise)")
+        args.model = str(default_model())
+        print(f"osp sample: using the embedded default model ({args.model}): a tiny v1.5 model trained on "
+              "coloured shapes; it draws prompts like 'a red circle moving to the right'", file=sys.stderr)
     if args.preset:
         from .pipelines.presets import PRESETS
 
@@ -338,6 +349,8 @@ def build_pipeline(args):
     dtype = getattr(torch, DTYPES[args.dtype])
     if args.preset:
         pipe = build_preset(args.preset)
+        print(f"osp sample: --preset {args.preset} has random weights: its videos are noise (a check of the "
+              "pipeline, not a model)", file=sys.stderr)
     else:
         if not Path(args.model).is_dir():
             raise SystemExit(f"error: --model {args.model} is not a folder")

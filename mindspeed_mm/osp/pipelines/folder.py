@@ -19,6 +19,8 @@ from ..files import replace_dir
 from ..text import TEMPLATES, TextConditioner, load_text_encoder, load_tokenizer
 
 INDEX_FILE = "model_index.json"
+# the embedded default model (a tiny v1.5 pipeline trained on the shapes data; see its MODEL_CARD.md)
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "default_model"
 TRANSFORMER_CONFIG = "config.json"
 PIPELINE_CLASS = "OSPVideoPipeline"
 
@@ -45,6 +47,11 @@ def _require(folder: Path, name: str) -> Path:
         raise FileNotFoundError(f"pipeline folder {folder} has no {name}/ component folder "
                                 f"(expected the diffusers layout written by `save_pretrained`)")
     return path
+
+
+def default_model() -> Optional[Path]:
+    """The embedded default pipeline folder, or None where this install has none."""
+    return DEFAULT_MODEL if (DEFAULT_MODEL / INDEX_FILE).is_file() else None
 
 
 def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -> Path:
