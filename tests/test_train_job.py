@@ -178,6 +178,7 @@ def test_export_to_official_and_to_a_pipeline_that_samples(uninterrupted, tmp_pa
     from safetensors.torch import load_file
 
     from mindspeed_mm.osp.pipelines.video import VideoPipeline
+    from mindspeed_mm.osp.text import TEMPLATES
     from mindspeed_mm.osp.training.export import read_training_checkpoint
 
     run = uninterrupted["output"]
@@ -194,6 +195,18 @@ def test_export_to_official_and_to_a_pipeline_that_samples(uninterrupted, tmp_pa
                      str(tmp_path / "car.mp4"), "--num-frames", "17", "--height", "32", "--width", "48",
                      "--steps", "2"]) == 0
     assert (tmp_path / "car.mp4").stat().st_size > 0
+    # the model's own sampling settings travel with the pipeline; unknown ones are refused before any work
+    sampling = tmp_path / "sampling.json"
+    sampling.write_text('{"template": "none", "shift": 2.0, "num_frames": 9, "height": 32, "width": 48, "steps": 2}')
+    assert cli.main(["convert", "dit", "--to", "pipeline", str(run), str(tmp_path / "own"), "--sampling",
+                     str(sampling)]) == 0
+    own = VideoPipeline.from_pretrained(tmp_path / "own")
+    assert own.template is TEMPLATES["none"] and own.sampler.shift == 2.0
+    assert (own.defaults.num_frames, own.defaults.height, own.defaults.width, own.defaults.steps) == (9, 32, 48, 2)
+    sampling.write_text('{"stepz": 2}')
+    assert cli.main(["convert", "dit", "--to", "pipeline", str(run), str(tmp_path / "bad"), "--sampling",
+                     str(sampling)]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, data, capsys):

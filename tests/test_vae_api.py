@@ -274,3 +274,25 @@ def test_missing_scale_shift_come_from_the_released_model(official):
     with pytest.warns(UserWarning, match="matches no released model"):
         vae = WFVAE.from_official({k: v for k, v in config.items() if k not in ("scale", "shift")}, weights)
     assert vae.config.scale == [0.18215] * 4
+
+
+def test_osp_vae_stats_writes_the_normaliser_that_whitens_the_latents(tmp_path, tiny_model, capsys):
+    import shutil
+
+    from mindspeed_mm.osp import cli
+    from mindspeed_mm.osp.data.annotations import load_annotations
+    from mindspeed_mm.osp.data.synthetic import make_synthetic_dataset
+    from mindspeed_mm.osp.vae.stats import latent_statistics
+
+    data = make_synthetic_dataset(tmp_path / "data", videos=3, frames=9, height=32, width=48)
+    vae_dir = tmp_path / "vae"
+    shutil.copytree(tiny_model, vae_dir)
+    assert cli.main(["vae", "stats", str(vae_dir), "--data", str(data), "--clips", "3", "--write"]) == 0
+    assert "wrote scale and shift" in capsys.readouterr().out
+    vae = WFVAE.from_pretrained(vae_dir)
+    mean, std, used = latent_statistics(vae, load_annotations(data), 3, 33)
+    assert used == 3
+    scale, shift = torch.tensor(vae.config.scale), torch.tensor(vae.config.shift)
+    assert torch.allclose(torch.tensor(mean), shift, atol=1e-5)
+    assert torch.allclose(torch.tensor(std) * scale, torch.ones_like(scale), atol=1e-4)   # unit std once scaled
+    assert cli.main(["vae", "stats", str(tmp_path / "nothing"), "--data", str(data)]) == 2

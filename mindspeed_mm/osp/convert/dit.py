@@ -33,7 +33,7 @@ def pick_config(config, version: str, source_config):
 
 def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=None, pp_layers=None,
             names: str = "mm", ema: bool = False, trust_pickle: bool = False, max_shard_size="5GB",
-            config=None, overwrite: bool = False) -> Path:
+            config=None, overwrite: bool = False, sampling=None) -> Path:
     from mindspeed_mm.osp.files import check_target
     from mindspeed_mm.osp.convert.megatron import check_against_config, structural_model, write_megatron
     from mindspeed_mm.osp.dit.loading import diffusers_config, read_checkpoint, write_diffusers_folder
@@ -45,7 +45,8 @@ def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=No
         if not is_training_checkpoint(src):
             raise ValueError(f"--to pipeline takes an `osp train` run or checkpoint; {src} is not one (for released "
                              "weights, assemble one with `osp make-pipeline`)")
-        return export_pipeline(src, dst, ema=ema, overwrite=overwrite, max_shard_size=max_shard_size)
+        return export_pipeline(src, dst, ema=ema, overwrite=overwrite, max_shard_size=max_shard_size,
+                               sampling=sampling)
     check_target(dst, overwrite)  # before reading a large checkpoint
     version, state_dict, source_config = read_checkpoint(src, version=version, ema=ema, trust_pickle=trust_pickle)
     explicit = config is not None or source_config is not None
@@ -98,6 +99,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-shard-size", default="5GB", help="diffusers: largest safetensors shard (e.g. 2GB)")
     parser.add_argument("--config", help="official kwargs (preset name or JSON): checks the keys; needed for a "
                                          "v1.3 diffusers folder from a non-diffusers SRC (v1.5 default osp15_suv_8b)")
+    parser.add_argument("--sampling", metavar="SAMPLING.json",
+                        help="pipeline: the model's own sampling settings, a JSON object with any of template "
+                             "(v1.3, v1.5, none), shift (v1.5 sampler), num_frames, height, width, steps, "
+                             "guidance_scale, guidance_rescale, fps (default: the released model's)")
 
 
 def _counts(text: str) -> list:
@@ -109,11 +114,17 @@ def _counts(text: str) -> list:
 
 
 def run(args) -> int:
+    from mindspeed_mm.osp.files import read_json_object
+
+    if args.sampling is not None and args.to != "pipeline":
+        print("osp convert dit: error: --sampling applies to --to pipeline only", file=sys.stderr)
+        return 2
     try:
         shard = int(args.max_shard_size) if args.max_shard_size.isdigit() else args.max_shard_size
         out = convert(args.src, args.dst, args.to, version=args.model, tp=args.tp, pp=args.pp, vpp=args.vpp,
                       pp_layers=args.pp_layers, names=args.names, ema=args.ema, trust_pickle=args.trust_pickle,
-                      max_shard_size=shard, config=args.config, overwrite=args.overwrite)
+                      max_shard_size=shard, config=args.config, overwrite=args.overwrite,
+                      sampling=None if args.sampling is None else read_json_object(args.sampling, "--sampling"))
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"osp convert dit: error: {err}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ own loader, so a checkpoint saved under any TP/PP/CP layout gives the same singl
 
     osp convert dit --to official runs/x model.safetensors [--ema]
     osp convert dit --to diffusers runs/x transformer/ [--ema]
-    osp convert dit --to pipeline runs/x my_pipeline/ [--ema]   # + the run's VAE and text encoders
+    osp convert dit --to pipeline runs/x my_pipeline/ [--ema] [--sampling S.json]   # + the run's VAE and text encoders
 """
 from __future__ import annotations
 
@@ -89,16 +89,39 @@ def read_training_checkpoint(path: PathLike, ema: bool = False) -> tuple[str, di
     return "v13", state, model_config
 
 
+SAMPLING_KEYS = ("template", "shift", "num_frames", "height", "width", "steps", "guidance_scale", "guidance_rescale",
+                 "fps")
+
+
+def _check_sampling(sampling: dict, version: str) -> None:
+    from mindspeed_mm.osp.text import TEMPLATES
+
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    if unknown:
+        raise ValueError(f"sampling settings {unknown} are unknown; use {', '.join(SAMPLING_KEYS)}")
+    if "template" in sampling and sampling["template"] not in TEMPLATES:
+        raise ValueError(f"sampling template {sampling['template']!r}: choose one of {sorted(TEMPLATES)}")
+    if "shift" in sampling and (version != "v1.5" or not sampling["shift"] > 0):
+        raise ValueError("sampling shift is the v1.5 flow sampler's (a positive number)")
+
+
 def export_pipeline(src: PathLike, dst: PathLike, *, ema: bool = False, overwrite: bool = False,
-                    max_shard_size="5GB") -> Path:
-    """A pipeline folder (transformer from the checkpoint; VAE and text encoders as the run's config names them)."""
+                    max_shard_size="5GB", sampling: Optional[dict] = None) -> Path:
+    """A pipeline folder (transformer from the checkpoint; VAE and text encoders as the run's config names them).
+    `sampling`: the model's own settings (template name, v1.5 sampler shift, default frames/size/steps/guidance/fps)
+    stored in the folder; otherwise those of the released model."""
+    import dataclasses
+
     from mindspeed_mm.osp.diffusion import FlowMatchEulerSampler, v13_sampler
     from mindspeed_mm.osp.files import check_target
     from mindspeed_mm.osp.pipelines.video import VideoPipeline
+    from mindspeed_mm.osp.text import TEMPLATES
     from mindspeed_mm.osp.training.job import build_encoders, model_spec
 
     check_target(Path(dst), overwrite)
     config, model_config, _ = run_config(src)
+    sampling = dict(sampling or {})
+    _check_sampling(sampling, config.model.version)
     missing = [k for k in ("vae", "text_encoder", "tokenizer") if getattr(config.model, k) is None]
     if config.model.version == "v1.5" and config.model.text_encoder_2 is None:
         missing.append("text_encoder_2")
@@ -111,6 +134,8 @@ def export_pipeline(src: PathLike, dst: PathLike, *, ema: bool = False, overwrit
     transformer = cls.from_official(model_config, state)
     vae, text = build_encoders(config, torch.device("cpu"))
     version = config.model.version
-    sampler = v13_sampler() if version == "v1.3" else FlowMatchEulerSampler(shift=7.0)
-    pipe = VideoPipeline(version, transformer.float().eval(), vae.float(), text, sampler)
+    sampler = v13_sampler() if version == "v1.3" else FlowMatchEulerSampler(shift=sampling.pop("shift", 7.0))
+    template = TEMPLATES[sampling.pop("template", version)]
+    pipe = VideoPipeline(version, transformer.float().eval(), vae.float(), text, sampler, template)
+    pipe.defaults = dataclasses.replace(pipe.defaults, **sampling)
     return pipe.save_pretrained(dst, overwrite=overwrite, max_shard_size=max_shard_size)

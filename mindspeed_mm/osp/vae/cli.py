@@ -38,7 +38,7 @@ _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def register(subparsers) -> None:
-    vae = subparsers.add_parser("vae", help="WF-VAE tools (reconstruct a video)")
+    vae = subparsers.add_parser("vae", help="WF-VAE tools (reconstruct a video, latent statistics)")
     sub = vae.add_subparsers(dest="vae_command", metavar="SUBCOMMAND")
 
     def show_help(_args: argparse.Namespace) -> int:
@@ -85,6 +85,9 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and the saved input) if they exist")
     p.add_argument("--seed", type=int, default=0, help="seed for --demo's random weights")
     p.set_defaults(func=run_reconstruct)
+
+    from mindspeed_mm.osp.vae.stats import register as register_stats
+    register_stats(sub)
 
 
 def _fail(msg: str) -> int:
