@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Rebuild the embedded default model from nothing: shapes data -> WF-VAE training -> latent normaliser -> tiny text
+# encoders -> feature cache -> SUV DiT training -> pipeline folder -> evaluation. Every stage is an `osp` command.
+#
+#   bash examples/default_model/build.sh [RUNS_DIR]          # RUNS_DIR default: runs (writes RUNS_DIR/shapes*)
+#   INSTALL=1 bash examples/default_model/build.sh           # then copy the pipeline into mindspeed_mm/osp/default_model
+#
+# Sizes (environment): VIDEOS, IMAGES, VAE_STEPS, DIT_STEPS, EVAL_PROMPTS; the defaults are the shipped recipe, CI
+# runs it with a few steps of each stage. A stage whose output exists is resumed (training) or kept (the rest).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OSP=${OSP:-.venv/bin/osp}
+RUNS=${1:-runs}
+VIDEOS=${VIDEOS:-800}
+IMAGES=${IMAGES:-200}
+VAE_STEPS=${VAE_STEPS:-2000}
+DIT_STEPS=${DIT_STEPS:-6000}
+EVAL_PROMPTS=${EVAL_PROMPTS:-32}
+CFG=examples/default_model
+mkdir -p "$RUNS"
+
+[ -f "$RUNS/shapes/data.txt" ] || $OSP data make-shapes "$RUNS/shapes" --videos "$VIDEOS" --images "$IMAGES" --seed 0
+
+$OSP train --config $CFG/train_vae.json --output "$RUNS/shapes_vae" "data.source=$RUNS/shapes/data.txt" "steps=$VAE_STEPS"
+if [ ! -f "$RUNS/shapes_vae/normalised" ]; then
+  $OSP vae stats "$RUNS/shapes_vae/export/vae" --data "$RUNS/shapes/data.txt" --clips 64 --write
+  touch "$RUNS/shapes_vae/normalised"
+fi
+
+[ -d "$RUNS/shapes_text" ] || $OSP text tiny "$RUNS/shapes_text" --captions "$RUNS/shapes/data.txt" --dim 32 --pooled-dim 32 \
+  --max-length 24
+
+TEXT=(--text-encoder "$RUNS/shapes_text/text_encoder" --tokenizer "$RUNS/shapes_text/tokenizer"
+      --pooled-text-encoder "$RUNS/shapes_text/text_encoder_2" --pooled-tokenizer "$RUNS/shapes_text/tokenizer_2")
+$OSP data extract "$RUNS/shapes/data.txt" --config $CFG/train_dit.json --vae "$RUNS/shapes_vae/export/vae" "${TEXT[@]}" \
+  --max-length 24 --global-batch 8 --output "$RUNS/shapes_cache"
+
+$OSP train --config $CFG/train_dit.json --output "$RUNS/shapes_dit" "steps=$DIT_STEPS" \
+  "data.source=$RUNS/shapes/data.txt" "data.cache=$RUNS/shapes_cache" "model.vae=$RUNS/shapes_vae/export/vae" \
+  "model.text_encoder=$RUNS/shapes_text/text_encoder" "model.tokenizer=$RUNS/shapes_text/tokenizer" \
+  "model.text_encoder_2=$RUNS/shapes_text/text_encoder_2" "model.tokenizer_2=$RUNS/shapes_text/tokenizer_2"
+
+[ -d "$RUNS/shapes_pipeline" ] || $OSP convert dit --to pipeline "$RUNS/shapes_dit" "$RUNS/shapes_pipeline" --ema --sampling $CFG/sampling.json
+$OSP eval shapes --model "$RUNS/shapes_pipeline" --prompts "$EVAL_PROMPTS" | tee "$RUNS/shapes_eval.txt"
+
+if [ "${INSTALL:-0}" = 1 ]; then
+  rm -rf mindspeed_mm/osp/default_model.new
+  cp -r "$RUNS/shapes_pipeline" mindspeed_mm/osp/default_model.new
+  [ -f mindspeed_mm/osp/default_model/MODEL_CARD.md ] && cp mindspeed_mm/osp/default_model/MODEL_CARD.md mindspeed_mm/osp/default_model.new/
+  rm -rf mindspeed_mm/osp/default_model && mv mindspeed_mm/osp/default_model.new mindspeed_mm/osp/default_model
+  echo "installed $RUNS/shapes_pipeline as mindspeed_mm/osp/default_model"
+fi

@@ -1,0 +1,32 @@
+"""The embedded default model's recipe (examples/default_model/build.sh), shortened to a few steps of each stage:
+shapes data -> WF-VAE training -> latent normaliser -> tiny text encoders -> feature cache -> SUV DiT training ->
+pipeline folder -> `osp eval shapes`. The shipped recipe is the same script with its default sizes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_recipe_runs_every_stage_into_a_pipeline_that_samples(tmp_path):
+    from mindspeed_mm.osp.pipelines import load_pipeline
+    from mindspeed_mm.osp.text import TEMPLATES
+
+    env = dict(os.environ, OSP=f"{sys.executable} -m mindspeed_mm.osp.cli", VIDEOS="48", IMAGES="0", VAE_STEPS="2",
+               DIT_STEPS="2", EVAL_PROMPTS="1", OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    runs = tmp_path / "runs"
+    done = subprocess.run(["bash", str(ROOT / "examples" / "default_model" / "build.sh"), str(runs)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    vae_config = json.loads((runs / "shapes_vae" / "export" / "vae" / "config.json").read_text())["config"]
+    assert vae_config["scale"] != [1.0] * 8                      # the normaliser was measured and stored
+    assert (runs / "shapes_dit" / "checkpoints" / "latest").read_text().strip() == "2"
+    pipe = load_pipeline(runs / "shapes_pipeline")
+    assert (pipe.defaults.num_frames, pipe.defaults.height, pipe.defaults.width) == (17, 64, 64)
+    assert pipe.template is TEMPLATES["none"] and pipe.text.max_length == 24
+    table = (runs / "shapes_eval.txt").read_text()
+    assert "model    held-out" in table and "random   seen" in table
