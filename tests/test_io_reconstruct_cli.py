@@ -33,7 +33,9 @@ def _clip(path, frames=9, size=(32, 40)):
     return path
 
 
-def test_demo(tmp_path, capsys):
+def test_demo(tmp_path, capsys, monkeypatch):
+    from mindspeed_mm.osp.pipelines import folder
+    monkeypatch.setattr(folder, "DEFAULT_MODEL", tmp_path / "no_default_model")   # the random-weights demo
     out = tmp_path / "outputs" / "demo_recon.mp4"
     rc, stdout, _ = _run(capsys, "--demo", out)
     assert rc == 0, stdout
@@ -46,6 +48,20 @@ def test_demo(tmp_path, capsys):
         frames, fps = video_io.read_video(path)
         assert frames.shape == (vae_cli.DEMO_FRAMES, vae_cli.DEMO_SIZE, vae_cli.DEMO_SIZE, 3)
         assert fps == pytest.approx(vae_cli.DEMO_FPS)
+
+
+def test_demo_uses_the_embedded_default_vae_on_a_held_out_clip(tmp_path, tiny_model, capsys, monkeypatch):
+    import shutil
+
+    from mindspeed_mm.osp.pipelines import folder
+    default = tmp_path / "default_model"
+    shutil.copytree(tiny_model, default / "vae")
+    (default / folder.INDEX_FILE).write_text("{}")
+    monkeypatch.setattr(folder, "DEFAULT_MODEL", default)
+    rc, stdout, _ = _run(capsys, "--demo", tmp_path / "demo.mp4")
+    assert rc == 0, stdout
+    assert "held-out shapes clip: a red triangle moving up" in stdout and "RANDOM" not in stdout
+    assert f"the embedded default model's WF-VAE ({default / 'vae'})" in stdout
 
 
 def test_generated_clip_with_saved_model(tmp_path, tiny_model, capsys):

@@ -1,7 +1,8 @@
 """`osp vae ...` commands. `osp vae reconstruct IN.mp4 OUT.mp4 --model PATH`: encode and decode a clip, print PSNR/SSIM.
 
-`osp vae reconstruct --demo OUT.mp4` needs no input or weights: it writes a synthetic clip next to OUT
-(`<OUT stem>_input.mp4`) and reconstructs it with a randomly initialised tiny WF-VAE.
+`osp vae reconstruct --demo OUT.mp4` needs no input or weights: it writes a clip next to OUT (`<OUT stem>_input.mp4`)
+and reconstructs it: with the embedded default model's WF-VAE on a held-out shapes clip when that model is
+installed, else (or with --preset) with a randomly initialised tiny WF-VAE on a moving pattern.
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def register(subparsers) -> None:
                    "(with --demo: only the output path)")
     p.add_argument("--model", metavar="PATH", help="WF-VAE checkpoint: a directory (save_pretrained / released layout) or file")
     p.add_argument("--demo", action="store_true",
-                   help="no input or weights needed: synthesise a clip and use a randomly initialised tiny WF-VAE")
+                   help="no input or weights needed: a held-out shapes clip through the embedded default model's WF-VAE "
+                        "(or, without that model or with --preset, a moving pattern through a random tiny WF-VAE)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help=f"with --demo: WF-VAE preset to initialise randomly (default {DEMO_PRESET})")
     p.add_argument("--chunk-frames", type=_positive_int, default=None, metavar="N",
@@ -203,6 +205,20 @@ def _even(frames, path: Path):
     return frames[:, :h - h % 2, :w - w % 2]
 
 
+def _held_out_clip(frames: int, size: int, seed: int):
+    """uint8 (T, S, S, 3) of the first held-out shapes combination (never in the default model's training data)."""
+    import numpy as np
+    import torch
+
+    from mindspeed_mm.osp.data.shapes import HELD_OUT, place_object, random_background, render_clip
+
+    rng = np.random.default_rng(seed)
+    colour, shape, motion = HELD_OUT[0]
+    clip = render_clip([place_object(rng, colour, shape, motion, size, size)], frames, size, size,
+                       random_background(rng))
+    return torch.from_numpy(clip), f"held-out shapes clip: a {colour} {shape} moving {motion}"
+
+
 def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Path, saved_input: Optional[Path],
                          written: list) -> int:
     import torch
@@ -216,22 +232,31 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
     dtype = resolve_dtype(args.dtype, device)
     chunk_frames = args.chunk_frames
     if args.demo:
-        from mindspeed_mm.osp.data.synthetic import moving_pattern
+        from mindspeed_mm.osp.pipelines.folder import default_model
         torch.manual_seed(args.seed)
-        preset = args.preset or DEMO_PRESET
-        vae = WFVAE.from_preset(preset)
         size = args.resolution or DEMO_SIZE
-        frames = moving_pattern(args.num_frames or DEMO_FRAMES, size, size)
+        trained = default_model() if args.preset is None else None
+        if trained is not None:   # the embedded default's VAE on a clip of a combination it never saw
+            vae = WFVAE.from_pretrained(trained / "vae")
+            frames, what = _held_out_clip(args.num_frames or DEMO_FRAMES, size, args.seed)
+            model_desc = f"the embedded default model's WF-VAE ({trained / 'vae'})"
+        else:
+            from mindspeed_mm.osp.data.synthetic import moving_pattern
+            preset = args.preset or DEMO_PRESET
+            vae = WFVAE.from_preset(preset)
+            frames, what = moving_pattern(args.num_frames or DEMO_FRAMES, size, size), "moving pattern"
+            model_desc = f"preset {preset} (random weights)"
         frames = _even(frames, saved_input)
         video_io.write_video(saved_input, frames, DEMO_FPS, overwrite=args.overwrite)
         written.append(saved_input)
         print(f"demo input: wrote {saved_input} ({frames.shape[0]} frames, {frames.shape[1]}x{frames.shape[2]}, "
-              "moving pattern)")
-        print(f"NOTE: WF-VAE preset {preset!r} with RANDOM weights (seed {args.seed}): the reconstruction is noise and "
-              "PSNR/SSIM are meaningless. The demo shows reading, chunked encode/decode, metrics and writing at work; "
-              "use --model with a trained checkpoint for real figures.")
+              f"{what})")
+        if trained is None:
+            print(f"NOTE: WF-VAE preset {preset!r} with RANDOM weights (seed {args.seed}): the reconstruction is noise "
+                  "and PSNR/SSIM are meaningless. The demo shows reading, chunked encode/decode, metrics and writing "
+                  "at work; use --model with a trained checkpoint for real figures.")
         chunk_frames = chunk_frames or DEMO_CHUNK_FRAMES
-        inp, model_desc = saved_input, f"preset {preset} (random weights)"
+        inp = saved_input
         video, fps = video_io.load_video(inp, backend=args.backend)
     else:
         video, fps = video_io.load_video(inp, num_frames=args.num_frames, start=args.start, stride=args.stride,
