@@ -45,7 +45,7 @@ setup(
     packages=find_namespace_packages(include=["mindspeed_mm.osp", "mindspeed_mm.osp.*"]),
     py_modules=["mindspeed_mm_osp_finder"],
     cmdclass={"build_py": BuildPyWithPth},
-    package_data={"mindspeed_mm.osp": ["configs/*.json"]},
+    package_data={"mindspeed_mm.osp": ["configs/*.json", "default_model/*", "default_model/*/*"]},
     python_requires=">=3.10,<3.13",
     install_requires=["torch>=2.1", "numpy>=1.24", "einops>=0.7", "safetensors>=0.4", "tqdm>=4.60"],
     extras_require=EXTRAS,
