@@ -37,6 +37,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as e:
+        from mindspeed_mm.osp.envinfo import missing_package
+
+        message = missing_package(e)
+        if message is None:   # not an optional package: a broken install or a bug, keep the traceback
+            raise
+        command = " ".join(w for w in (argv if argv is not None else sys.argv[1:])[:2] if not w.startswith("-"))
+        print(f"osp {command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         # Ctrl-C: one line, no traceback. Outputs are written through temporary files that are removed on the way
         # out, so nothing half-written is left under the output names.

@@ -13,6 +13,32 @@ from mindspeed_mm.osp import platform
 
 MEGATRON_SUPPORTED = ((0, 12), (0, 16))  # inclusive major.minor range we test against
 
+# Optional packages: import name -> (pip name, extra of setup.py, what needs it)
+OPTIONAL = {
+    "av": ("av", "video", "mp4 output (osp sample, osp vae reconstruct, osp data make-shapes/synth) and reading "
+                          "videos where decord and OpenCV are missing"),
+    "transformers": ("transformers", "text", "text encoders: osp sample, osp train on raw media, osp data extract "
+                                             "--text-encoder, osp text tiny"),
+    "tokenizers": ("tokenizers", "text", "the tokenizers of the text encoders (same commands as transformers)"),
+    "diffusers": ("diffusers", "sample", "the v1.3 sampler (osp sample of v1.3 models)"),
+    "megatron": ("megatron-core", "megatron", "the parallel engine: osp train, osp sample --tp/--cp, osp convert "
+                                              "dit from/to training checkpoints"),
+    "huggingface_hub": ("huggingface_hub", "convert", "sharded safetensors in diffusers and pipeline folders"),
+    "PIL": ("pillow", "sample", "images: osp sample --image, image datasets, osp data make-shapes --images"),
+    "mindspore": ("mindspore", "mindspore", "the MindSpore WF-VAE and osp convert mindspore"),
+    "tensorboard": ("tensorboard", None, "TensorBoard logs of osp train (optional; metrics.jsonl is always written)"),
+}
+
+
+def missing_package(error: ModuleNotFoundError) -> Optional[str]:
+    """What to install for an optional package that is missing, or None when `error` is not about one."""
+    name = (error.name or "").split(".")[0]
+    if name not in OPTIONAL:
+        return None
+    pip_name, extra, needed_for = OPTIONAL[name]
+    fix = f"pip install {pip_name}" + (f" (or this package's extra: pip install -e '.[{extra}]')" if extra else "")
+    return f"the Python package {pip_name!r} is not installed; it is needed for {needed_for}. Install it: {fix}"
+
 
 def _version(dist: str) -> Optional[str]:
     try:
@@ -59,6 +85,8 @@ def collect() -> dict:
         if torch.cuda.is_available() else [],
         "npu devices": _npu_devices(),
     }
+    info["missing optional packages"] = {OPTIONAL[m][0]: OPTIONAL[m][2] for m in OPTIONAL
+                                         if importlib.util.find_spec(m) is None}
     from mindspeed_mm.osp.ops import attention
     info["attention backends"] = attention.available_backends()
     info["mindspeed_mm namespace"] = mindspeed_mm_layout()
@@ -102,7 +130,7 @@ def warnings_for(info: dict) -> list[str]:
 def format_report(info: dict) -> str:
     lines = []
     for key, value in info.items():
-        if key in ("warnings", "mindspeed_mm namespace"):
+        if key in ("warnings", "mindspeed_mm namespace", "missing optional packages"):
             continue
         if isinstance(value, list):
             value = ", ".join(value) if value else "none"
@@ -111,6 +139,10 @@ def format_report(info: dict) -> str:
     kind = "regular package (MindSpeed-MM)" if ns["regular_package"] else "namespace package"
     route = "" if ns["osp_visible"] else " (osp reached through mindspeed_mm_osp_finder: a checkout shadows it)"
     lines.append(f"{'mindspeed_mm':>20}: {kind} at {', '.join(ns['locations'])}{route}")
+    for pip_name, needed_for in info["missing optional packages"].items():
+        extra = next(e for p, e, _ in OPTIONAL.values() if p == pip_name)
+        how = f"pip install {pip_name}" + (f" or pip install -e '.[{extra}]'" if extra else "")
+        lines.append(f"MISSING: {pip_name}, needed for {needed_for}; {how}")
     for w in info["warnings"]:
         lines.append(f"WARNING: {w}")
     return "\n".join(lines)

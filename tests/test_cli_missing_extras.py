@@ -1,0 +1,38 @@
+"""A missing optional package ends any `osp` command in one line naming the package, what needs it and how to
+install it (never a raw ModuleNotFoundError); `osp env` lists the missing ones with the same facts."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from mindspeed_mm.osp import cli, envinfo
+
+
+def test_a_command_missing_an_optional_package_says_what_to_install(tmp_path, capsys, monkeypatch):
+    anno = tmp_path / "anno.json"
+    anno.write_text('[{"path": "a.jpg", "cap": ["a red circle"]}]')
+    monkeypatch.setitem(sys.modules, "transformers", None)     # `import transformers` now fails as if absent
+    assert cli.main(["text", "tiny", str(tmp_path / "t"), "--captions", str(anno), "--dim", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("osp text tiny: error: the Python package 'transformers' is not installed")
+    assert "pip install transformers" in err and "pip install -e '.[text]'" in err and "Traceback" not in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_other_missing_modules_keep_their_traceback(monkeypatch):
+    def broken(_args):
+        raise ModuleNotFoundError("No module named 'not_an_osp_extra'", name="not_an_osp_extra")
+    monkeypatch.setattr(envinfo, "run", broken)
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["env"])
+
+
+def test_env_lists_missing_packages_with_the_commands_they_break(capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else real(name, *a))
+    assert cli.main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "MISSING: diffusers, needed for the v1.3 sampler (osp sample of v1.3 models); pip install diffusers or " \
+           "pip install -e '.[sample]'" in out
