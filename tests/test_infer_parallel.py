@@ -33,11 +33,16 @@ def _torchrun(args, tmp_path):
     return proc
 
 
-@pytest.mark.parametrize("preset,frames,flag", [("tiny-osp15-random", "9", "--tp"), ("tiny-osp13-random", "9", "--cp")])
+@pytest.mark.parametrize("preset,frames,flag", [("tiny-osp15-random", "9", "--tp"), ("tiny-osp13-random", "9", "--cp"),
+                                                ("default", "17", "--tp"), ("default", "17", "--cp")])
 def test_two_processes_match_one(tmp_path, preset, frames, flag):
+    """"default": the embedded default model (no --model/--preset), at its own size."""
     one, two = tmp_path / "one.mp4", tmp_path / "two.mp4"
-    assert main(["sample", "--preset", preset, "--num-frames", frames, *ARGS, "--output", str(one)]) == 0
-    _torchrun(["--preset", preset, "--num-frames", frames, *ARGS, flag, "2", "--output", str(two)], tmp_path)
+    model = [] if preset == "default" else ["--preset", preset]
+    args = ["--prompt", "a red circle moving to the right", "--steps", "2", "--seed", "5", "--save-latents"] \
+        if preset == "default" else ARGS
+    assert main(["sample", *model, "--num-frames", frames, *args, "--output", str(one)]) == 0
+    _torchrun([*model, "--num-frames", frames, *args, flag, "2", "--output", str(two)], tmp_path)
     a, b = _latents(one), _latents(two)
     assert a.shape == b.shape
     diff = float((a - b).abs().max())

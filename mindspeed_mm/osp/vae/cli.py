@@ -231,6 +231,7 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
     device = torch.device(args.device) if args.device else platform.default_device()
     dtype = resolve_dtype(args.dtype, device)
     chunk_frames = args.chunk_frames
+    trained = None   # with --demo: the embedded default model's folder, when it is used
     if args.demo:
         from mindspeed_mm.osp.pipelines.folder import default_model
         torch.manual_seed(args.seed)
@@ -299,7 +300,7 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
     written.append(out)
     print(f"wrote reconstruction: {out}")
     print(f"PSNR {metrics.format_psnr(p)}   SSIM {s:.4f}   (per frame, averaged, on the tensors before mp4 "
-          "compression)" + ("   [random weights: meaningless]" if args.demo else ""))
+          "compression)" + ("   [random weights: meaningless]" if args.demo and trained is None else ""))
     return 0
 
 
