@@ -36,3 +36,20 @@ def test_env_lists_missing_packages_with_the_commands_they_break(capsys, monkeyp
     out = capsys.readouterr().out
     assert "MISSING: diffusers, needed for the v1.3 sampler (osp sample of v1.3 models); pip install diffusers or " \
            "pip install -e '.[sample]'" in out
+
+
+def test_every_command_and_flag_has_help():
+    """`osp X --help` explains every flag and every command group (the whole class, not single instances)."""
+    import argparse
+
+    def undocumented(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    yield from undocumented(subparser, f"{name} {sub}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                yield f"{name} {'/'.join(action.option_strings) or action.dest}"
+        if name != "osp" and not parser.description:
+            yield f"{name}: no description"
+
+    assert list(undocumented(cli.build_parser(), "osp")) == []

@@ -149,7 +149,11 @@ def format_report(info: dict) -> str:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("env", help="print versions, devices and usable backends (for bug reports)")
+    p = subparsers.add_parser("env", help="print versions, devices and usable backends (for bug reports)",
+                              description="Print Python, torch, torch_npu/CANN, MindSpore, megatron-core, MindSpeed, "
+                                          "transformers/diffusers, video readers, devices and usable attention "
+                                          "backends; then a MISSING line per absent optional package (what it "
+                                          "breaks, what to install) and a WARNING per known bad combination.")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=run)
 

@@ -78,7 +78,9 @@ def register(subparsers) -> None:
     m = subparsers.add_parser("make-pipeline", help="assemble a pipeline folder from released checkpoints",
                               description="Load the released parts in their published layouts, check that they fit "
                                           "together, and write one pipeline folder for `osp sample --model`.")
-    m.add_argument("--version", choices=("v1.3", "v1.5"), required=True)
+    m.add_argument("--version", choices=("v1.3", "v1.5"), required=True,
+                   help="model family of the parts: v1.3 (Skiparse DiT, mT5-XXL, 4x8x8 WF-VAE) or v1.5 (SUV, "
+                        "T5-XL + CLIP-bigG, 8x8x8 WF-VAE)")
     m.add_argument("--transformer", required=True,
                    help="v1.3: diffusers transformer/ folder; v1.5: model_ema.pt, model_optim_rng.pt; either: a "
                         "Megatron folder (any TP/PP, merged)")
@@ -93,7 +95,7 @@ def register(subparsers) -> None:
     m.add_argument("--output", required=True, help="pipeline folder to write")
     m.add_argument("--max-shard-size", default="5GB",
                    help="largest transformer safetensors shard (e.g. 2GB; bigger weights are split, with an index)")
-    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --output folder (atomically)")
     m.set_defaults(func=run_make_pipeline)
 
 

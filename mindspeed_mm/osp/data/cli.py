@@ -205,12 +205,12 @@ def register(subparsers) -> None:
                        description="Coloured squares moving over a gradient, captioned with their colour and motion "
                                    "(e.g. 'a red car running'); writes videos/, anno.json and data.txt.")
     p.add_argument("output", help="empty or new folder")
-    p.add_argument("--videos", type=int, default=16)
-    p.add_argument("--frames", type=int, default=33)
-    p.add_argument("--height", type=int, default=32)
-    p.add_argument("--width", type=int, default=48)
-    p.add_argument("--fps", type=float, default=24.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--videos", type=int, default=16, help="number of clips (default 16)")
+    p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
+    p.add_argument("--height", type=int, default=32, help="frame height, even (default 32)")
+    p.add_argument("--width", type=int, default=48, help="frame width, even (default 48)")
+    p.add_argument("--fps", type=float, default=24.0, help="frame rate written to the files (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="seed of colours, motions and placements (default 0)")
     p.set_defaults(func=_run(_synth))
 
     p = sub.add_parser("make-shapes", help="write the procedural shapes dataset (captioned shapes, exact ground truth)",
@@ -222,11 +222,12 @@ def register(subparsers) -> None:
     p.add_argument("output", help="empty or new folder")
     p.add_argument("--videos", type=int, default=256, help="number of clips (default 256)")
     p.add_argument("--images", type=int, default=64, help="number of still images (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every random choice: objects, paths, backgrounds, captions (default 0)")
     p.add_argument("--sizes", default="64x64,48x80,80x48",
                    help="comma-separated HEIGHTxWIDTH sizes, multiples of 16 (default 64x64,48x80,80x48)")
     p.add_argument("--frames", default="17,25", help="comma-separated frame counts 1+8n (default 17,25)")
-    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the clips (default 8)")
     p.add_argument("--two-object-fraction", type=float, default=0.15,
                    help="share of clips with a second object (default 0.15)")
     p.set_defaults(func=_run(_make_shapes))

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--pooled-dim", type=int, default=None,
                    help="v1.5: CLIP projection = the DiT's pooled_projection_dim (omit for v1.3)")
     p.add_argument("--max-length", type=int, default=32, help="T5 tokenizer length (default 32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random encoder weights (default 0)")
     p.set_defaults(func=_tiny)
 
 

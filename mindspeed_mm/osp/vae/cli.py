@@ -39,7 +39,9 @@ _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def register(subparsers) -> None:
-    vae = subparsers.add_parser("vae", help="WF-VAE tools (reconstruct a video, latent statistics)")
+    vae = subparsers.add_parser("vae", help="WF-VAE tools (reconstruct a video, latent statistics)",
+                                description="WF-VAE tools: `reconstruct` encodes and decodes a video (chunked, with "
+                                            "PSNR/SSIM), `stats` measures the latent normaliser over a dataset.")
     sub = vae.add_subparsers(dest="vae_command", metavar="SUBCOMMAND")
 
     def show_help(_args: argparse.Namespace) -> int:
@@ -57,8 +59,9 @@ def register(subparsers) -> None:
                    "(with --demo: only the output path)")
     p.add_argument("--model", metavar="PATH", help="WF-VAE checkpoint: a directory (save_pretrained / released layout) or file")
     p.add_argument("--demo", action="store_true",
-                   help="no input or weights needed: a held-out shapes clip through the embedded default model's WF-VAE "
-                        "(or, without that model or with --preset, a moving pattern through a random tiny WF-VAE)")
+                   help="no input or weights needed: a held-out shapes clip through the embedded default model's "
+                        "WF-VAE (or, without that model or with --preset, a moving pattern through a random tiny "
+                        "WF-VAE)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help=f"with --demo: WF-VAE preset to initialise randomly (default {DEMO_PRESET})")
     p.add_argument("--chunk-frames", type=_positive_int, default=None, metavar="N",
