@@ -31,6 +31,9 @@ EXTRAS = {
     "sample": ["diffusers>=0.30", "transformers>=4.40", "tokenizers", "sentencepiece", "pillow", "av>=11",
                "huggingface_hub>=0.24"],
     "triton": ["triton>=3.0"],
+    # `osp data curate`: jump cuts (PySceneDetect), optical flow (OpenCV), slicing (PyAV). EasyOCR is not listed: it
+    # pulls its own torch/torchvision (and CUDA wheels) over ours; install it by hand next to a matching torch.
+    "curate": ["scenedetect-headless>=0.7", "opencv-python-headless>=4.8", "av>=11"],
     # MindSpore 2.10 breaks in PyNative with numpy 2.x (shared specs, ascend.md A2): pin numpy < 2 with it.
     "mindspore": ["mindspore>=2.6,<2.11", "numpy<2"],
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create ./.venv with everything the tests and the CPU jobs need, then install this package (editable).
 #   bash tools/bootstrap_env.sh   # torch (CPU), megatron-core, video I/O, MindSpore, sampling deps, triton (its
-#                                  # interpreter runs the Triton kernels on CPU in the tests), test tools
+#                                  # interpreter runs the Triton kernels on CPU in the tests), test tools,
+#                                  # curation (PySceneDetect)
 #   OSP_EXTRAS=test,video bash tools/bootstrap_env.sh   # a smaller set
 # torch is pinned first so pip never pulls a CUDA build of several GB onto a CPU machine; on a GPU or Ascend
 # machine install your platform's torch (and torch_npu with CANN) before `pip install -e .[...]` instead.
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${OSP_EXTRAS:-test,video,mindspore,megatron,sample,triton}
+EXTRAS=${OSP_EXTRAS:-test,video,mindspore,megatron,sample,triton,curate}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip >/dev/null 2>&1 || true

@@ -26,6 +26,8 @@ OPTIONAL = {
     "huggingface_hub": ("huggingface_hub", "convert", "sharded safetensors in diffusers and pipeline folders"),
     "PIL": ("pillow", "sample", "images: osp sample --image, image datasets, osp data make-shapes --images"),
     "mindspore": ("mindspore", "mindspore", "the MindSpore WF-VAE and osp convert mindspore"),
+    "scenedetect": ("scenedetect-headless", "curate", "jump-cut detection of osp data curate (PySceneDetect)"),
+    "cv2": ("opencv-python-headless", "video", "optical-flow motion scores of osp data curate, and the OpenCV reader"),
     "tensorboard": ("tensorboard", None, "TensorBoard logs of osp train (optional; metrics.jsonl is always written)"),
 }
 

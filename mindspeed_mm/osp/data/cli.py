@@ -1,4 +1,5 @@
-"""`osp data`: scan a folder into an annotation, validate a dataset, print its buckets, extract a feature cache."""
+"""`osp data`: scan a folder into an annotation, validate a dataset, print its buckets, extract a feature cache,
+curate raw videos into training clips."""
 from __future__ import annotations
 
 import dataclasses
@@ -162,9 +163,10 @@ def _run(handler):
 
 def register(subparsers) -> None:
     from mindspeed_mm.osp.data.cache import register_extract
+    from mindspeed_mm.osp.data.curate.cli import register_curate
     from mindspeed_mm.osp.data.scan import register_scan
 
-    data = subparsers.add_parser("data", help="datasets: scan, validate, buckets, extract",
+    data = subparsers.add_parser("data", help="datasets: scan, validate, buckets, extract, curate",
                                  description=__doc__)
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: data.print_help() or 2)
@@ -200,6 +202,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run(_buckets))
 
     register_extract(sub)
+    register_curate(sub)
 
     p = sub.add_parser("synth", help="write a small synthetic captioned video dataset (smoke runs, tiny configs)",
                        description="Coloured squares moving over a gradient, captioned with their colour and motion "
