@@ -6,6 +6,11 @@ CPU, tiny random presets (default):
 Released v1.5 size on a GPU with random weights (needs ~40 GB in bf16 with batched guidance):
     python benchmarks/sample_bench.py --full-v15 --device cuda --dtype bf16 --frames 121 --height 576 --width 1024 --steps 3
 Reference in the same run: block offload and sequential guidance are timed against the default mode.
+
+Fast path vs the reference denoiser forward (CPU fp32; runs alternate, min of --repeats; max |difference| of the
+final latents): the shipped default model at its own sampling size, and a mid-size SUV (the released 8.5B stage
+plan k = 1,2,4,8,4,2,1 with one block per stage, D = 768, 4 latent channels, 17x128x128 video = 3x16x16 latents, 512 text tokens):
+    python benchmarks/sample_bench.py --fast-vs-reference
 """
 from __future__ import annotations
 
@@ -103,6 +108,63 @@ def bench(pipe, args, label, device, dtype):
     return per_step
 
 
+MID_SUV = dict(num_layers=[1, 1, 1, 1, 1, 1, 1], sparse_n=[1, 2, 4, 8, 4, 2, 1], num_heads=6, head_dim=128,
+               in_channels=4, out_channels=4, timestep_embed_dim=1024, caption_channels=2048,
+               pooled_projection_dim=1280)
+
+
+def mid_suv_pipeline(text_len: int = 512):
+    """The mid-size SUV (MID_SUV, random weights) with tiny text encoders of the released output widths."""
+    from mindspeed_mm.osp.diffusion import FlowMatchEulerSampler
+    from mindspeed_mm.osp.dit import SUVConfig, SUVDiT
+    from mindspeed_mm.osp.pipelines import VideoPipeline
+    from mindspeed_mm.osp.text import TextConditioner
+    from mindspeed_mm.osp.text.tiny import tiny_clip_text_encoder, tiny_t5_encoder, tiny_tokenizer
+    from mindspeed_mm.osp.vae import WFVAE
+
+    torch.manual_seed(0)
+    dit = SUVDiT(SUVConfig(**MID_SUV))
+    with torch.no_grad():  # off the [I | 0] skip init, so the skips matter
+        for seq in (*dit.skip_norm_linear, *dit.skip_norm_linear_enc):
+            seq[1].weight.normal_(std=0.02)
+    text = TextConditioner(tiny_t5_encoder(2048), tiny_tokenizer(text_len), text_len,
+                           tiny_clip_text_encoder(1280), tiny_tokenizer(77, bos=True), 77)
+    # the tiny 4-channel WF-VAE fixes the latent shape (the released one has 32 channels: only the patch embedding
+    # and the output projection would be wider)
+    return VideoPipeline("v1.5", dit.eval().requires_grad_(False), WFVAE.from_preset("tiny_v15"), text,
+                         FlowMatchEulerSampler(7.0))
+
+
+def fast_vs_reference(args) -> None:
+    """Alternate reference (fast_denoiser=False) and fast sampling runs of the same seeds; min s/step of each."""
+    from mindspeed_mm.osp.pipelines.folder import default_model, load_pipeline
+
+    cases = [("default model", lambda: load_pipeline(default_model()), {}),
+             ("mid-size SUV", mid_suv_pipeline, dict(num_frames=17, height=128, width=128))]
+    for label, build, size in cases:
+        pipe = build()
+        d = pipe.defaults
+        kw = dict(num_frames=d.num_frames, height=d.height, width=d.width, guidance_scale=d.guidance_scale,
+                  steps=args.fast_steps, seeds=[3], output_latents=True)
+        kw.update(size)
+        prompt = ["a red circle moving to the right"]
+        times, latents = {False: [], True: []}, {}
+        for r in range(args.repeats + 1):  # the first round warms both paths up (not timed)
+            for fast in (False, True):
+                pipe.fast_denoiser = fast
+                stamps = []
+                latents[fast] = pipe(prompt, progress=lambda i, n: stamps.append(time.perf_counter()), **kw)
+                if r:
+                    times[fast].append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
+        ref, fast = min(times[False]), min(times[True])
+        diff = (latents[True] - latents[False]).abs().max().item()
+        scale = latents[False].abs().max().item()
+        pipe.fast_denoiser = True
+        print(f"{label:14s} {kw['num_frames']}x{kw['height']}x{kw['width']}, {args.fast_steps} steps: reference "
+              f"{ref:.4f} s/step, fast {fast:.4f} s/step, ratio {ref / fast:.2f}x, max |diff| {diff:.2e} "
+              f"(max |latent| {scale:.2f}); fast path: {pipe.fast_path_problem() or 'on'}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", action="append", help="tiny preset(s); default tiny-osp13-random and tiny-osp15-random")
@@ -115,10 +177,22 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--vae-chunk", type=int, default=None)
     ap.add_argument("--mode", choices=("default", "offload"), default="default")
+    ap.add_argument("--fast-vs-reference", action="store_true",
+                    help="time the sampling fast path against the reference forward (default model, mid-size SUV)")
+    ap.add_argument("--fast-steps", type=int, default=6, help="sampling steps per run with --fast-vs-reference")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path with --fast-vs-reference")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     torch.manual_seed(0)
+    if args.fast_vs_reference:
+        print(f"CPU fp32, threads {torch.get_num_threads()}, {args.fast_steps} steps per run, min of {args.repeats} "
+              f"alternating runs of each path")
+        fast_vs_reference(args)
+        return
     print(f"device {device}, dtype {args.dtype}, {args.frames}x{args.height}x{args.width}, {args.steps} steps, "
           f"threads {torch.get_num_threads()}")
     if args.full_v15:

@@ -64,6 +64,10 @@ def register(subparsers) -> None:
                    help="blocks: keep denoiser blocks in host memory, stream one at a time to the device")
     p.add_argument("--cfg-mode", choices=("batch", "sequential"), default="batch",
                    help="sequential: run the guidance passes one after another (half the activation memory)")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="run the reference denoiser forward at every step instead of the v1.5 sampling fast path "
+                        "(same result within float32 rounding; the fast path is used by default where valid: "
+                        "float32, one process, no --offload)")
     p.add_argument("--vae-chunk", type=int, default=None, help="latent frames per VAE decode chunk (bounds memory)")
     p.add_argument("--refiner", default=None, help="local causal-LM folder that rewrites prompts (t2v only)")
     p.add_argument("--save-latents", action="store_true",
@@ -364,6 +368,7 @@ def build_pipeline(args):
     pipe.free_text_encoders = args.free_text_encoders
     pipe.vae_chunk_frames = args.vae_chunk
     pipe.sequential_cfg = args.cfg_mode == "sequential"
+    pipe.fast_denoiser = not getattr(args, "no_fast_path", False)
     pipe.device, pipe.dtype = device, dtype
     if args.offload == "blocks":
         pipe.enable_block_offload()
@@ -419,6 +424,7 @@ def run(args: argparse.Namespace) -> int:
     fps = args.fps or d.fps
     template = pipe.template if not args.no_template else None
 
+    fast_path_problem = pipe.fast_path_problem()
     for start in range(0, len(mine), args.batch_size):
         indices = mine[start:start + args.batch_size]
         batch = [prompts[i] for i in indices]
@@ -455,6 +461,7 @@ def run(args: argparse.Namespace) -> int:
                 "images": args.image, "template": not args.no_template, "batch_size": args.batch_size,
                 "tp": args.tp, "cp": args.cp, "data_parallel": ranks.data_parallel_size,
                 "offload": args.offload, "cfg_mode": args.cfg_mode, "vae_chunk": args.vae_chunk,
+                "fast_path": fast_path_problem is None,
                 "refiner": args.refiner, "seconds_for_batch": round(seconds, 3),
                 "versions": {"mindspeed_mm.osp": __version__, "torch": torch.__version__},
                 "command": ["osp", "sample"] + sys.argv[2:] if sys.argv[1:2] == ["sample"] else None,

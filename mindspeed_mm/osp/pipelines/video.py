@@ -34,6 +34,10 @@ DEFAULTS = {
 }
 
 
+def _call_model(model, **kwargs):
+    return model(**kwargs)
+
+
 def _prev_sample(result):
     return getattr(result, "prev_sample", result)
 
@@ -61,9 +65,10 @@ class VideoPipeline:
         self.free_text_encoders = False
         self.vae_chunk_frames: Optional[int] = None
         self.sequential_cfg = False  # True: conditional and unconditional passes one after another (half the activations)
+        self.fast_denoiser = True  # v1.5: per-sample cached fast path (dit/suv_fast.py) where valid; False: reference
         self.refiner: Optional[Callable[[str], str]] = None
         self.offload: Optional[BlockOffload] = None
-        self.forward_fn: Callable = lambda model, **kw: model(**kw)  # replaced by the parallel runner
+        self.forward_fn: Callable = _call_model  # replaced by the parallel runner
         self.geometry = VideoGeometry(temporal_factor=int(vae.config.temporal_compression))
         self._inpaint = bool(getattr(transformer.config, "inpaint", False))
 
@@ -135,9 +140,38 @@ class VideoPipeline:
         return z.expand(batch, *z.shape[1:]), m.expand(batch, *m.shape[1:])
 
     # ------------------------------------------------------------------ denoiser call
-    def _denoise(self, x: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
+    def fast_path_problem(self) -> Optional[str]:
+        """Why this pipeline's sampling runs the reference denoiser forward rather than the fast path (None: it
+        runs the fast path). The fast path is `dit.suv_fast.FastSUV`: v1.5, float32, one process, no offload."""
+        if not self.fast_denoiser:
+            return "switched off (fast_denoiser=False, osp sample --no-fast-path)"
+        if self.version != "v1.5":
+            return "v1.3 has no fast path"
+        if self.offload is not None:
+            return "block offload"
+        if self.forward_fn is not _call_model:
+            return "a parallel runner replaced the denoiser call"
+        from ..dit.suv_fast import FastSUV
+
+        return FastSUV.unsupported(self.transformer)
+
+    def _steppers(self, texts: Sequence[Optional[TextEmbeddings]]) -> Dict[int, Callable]:
+        """Per text embedding (by id): the fast path bound to it, or nothing where the fast path is not valid."""
+        if self.fast_path_problem() is not None:
+            return {}
+        from ..dit.suv_fast import FastSUV
+
+        fast = FastSUV(self.transformer)
+        return {id(t): fast.bind(t.hidden_states.unsqueeze(1), t.attention_mask.unsqueeze(1), t.pooled)
+                for t in texts if t is not None}
+
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, text: TextEmbeddings,
+                 steppers: Optional[Dict[int, Callable]] = None) -> torch.Tensor:
         b = x.shape[0]
         timestep = t.reshape(1).expand(b).to(device=self.device, dtype=torch.float32)
+        step = (steppers or {}).get(id(text))
+        if step is not None:
+            return step(x.to(self.dtype), timestep)[:, : self.latent_channels].float()
         kwargs = dict(hidden_states=x.to(self.dtype), timestep=timestep,
                       encoder_hidden_states=text.hidden_states.unsqueeze(1),
                       encoder_attention_mask=text.attention_mask.unsqueeze(1))
@@ -191,17 +225,18 @@ class VideoPipeline:
                                         torch.Generator(device=self.device).manual_seed(int(seeds[0])))
             extra = torch.cat([z, m.to(z.dtype)], dim=1)
 
+        steppers = self._steppers([uncond, cond] if self.sequential_cfg or not do_cfg else [text])
         timesteps = self.sampler.timesteps
         for i, t in enumerate(timesteps):
             x = self.sampler.scale_model_input(latents, t)
             if extra is not None:
                 x = torch.cat([x, extra.to(x.dtype)], dim=1)
             if do_cfg and self.sequential_cfg:
-                pred_uncond, pred_cond = self._denoise(x, t, uncond), self._denoise(x, t, cond)
+                pred_uncond, pred_cond = self._denoise(x, t, uncond, steppers), self._denoise(x, t, cond, steppers)
             elif do_cfg:
-                pred_uncond, pred_cond = self._denoise(torch.cat([x, x]), t, text).chunk(2)
+                pred_uncond, pred_cond = self._denoise(torch.cat([x, x]), t, text, steppers).chunk(2)
             else:
-                pred = self._denoise(x, t, text)
+                pred = self._denoise(x, t, text, steppers)
             if do_cfg:
                 pred = classifier_free_guidance(pred_uncond, pred_cond, guidance_scale, guidance_rescale)
             latents = _prev_sample(self.sampler.step(pred, t, latents, generator=generators)).float()
