@@ -1,14 +1,18 @@
 #!/usr/bin/env python
-"""WF-VAE speed and peak memory: whole-clip vs chunked encode/decode, random weights, batch 1.
+"""WF-VAE speed and peak memory: the reference (direct convolutions) vs the fast path (`use_fast_conv`, Winograd
+on CPU), whole-clip vs chunked encode/decode, random weights, batch 1.
 
 Prints, per model and size: encode/decode seconds, videos/s = 1/(t_enc + t_dec) (the paper's throughput), peak
-memory of each call, and the ratios chunked/whole measured in the same run. Each CPU measurement runs in its own
-subprocess and reports the growth of ru_maxrss over the process's peak before the call (model and input
-already resident, glibc mmap threshold fixed); CUDA uses torch.cuda.max_memory_allocated.
+memory of each call, the fast/reference speed ratio and the max output difference, and the chunked/whole ratios,
+all measured in the same run (reference and fast alternate). Each CPU measurement runs in its own subprocess and
+reports the growth of ru_maxrss over the process's peak before the call (model and input already resident,
+glibc mmap threshold fixed); CUDA uses torch.cuda.max_memory_allocated (the fast path is CPU-only, so on CUDA
+both paths are the direct convolution).
 
 Examples:
   python benchmarks/vae_bench.py                                  # CPU default: v1.3 and v1.5 at 9x64x64
-  python benchmarks/vae_bench.py --sizes 33x256x256 33x512x512 --device cuda
+  OMP_NUM_THREADS=2 python benchmarks/vae_bench.py --sizes 17x128x128 33x256x256 --repeat 2
+  python benchmarks/vae_bench.py --sizes 33x256x256 33x512x512 --device cuda --paths reference
   python benchmarks/vae_bench.py --models v15 --sizes 33x256x256 --modes decode --chunk-dec 1
 """
 from __future__ import annotations
@@ -38,6 +42,7 @@ def measure(spec: dict) -> dict:
     torch.manual_seed(0)
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
     vae = WFVAE.from_preset(spec["model"]).to(device=device, dtype=dtype).eval()
+    vae.use_fast_conv(spec["path"] == "fast")
     t, h, w = spec["size"]
     r = vae.temporal_compression
     if spec["op"] == "encode":
@@ -67,10 +72,33 @@ def measure(spec: dict) -> dict:
     return {"seconds": min(times), "peak_bytes": max(peak, 0)}
 
 
-def run_isolated(spec: dict) -> dict:
+def max_difference(spec: dict) -> dict:
+    """Largest |fast - reference| of the encoder's latents (mode) and of the decoded video, whole clip."""
+    import torch
+
+    from mindspeed_mm.osp.vae import WFVAE
+    torch.manual_seed(0)
+    device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
+    vae = WFVAE.from_preset(spec["model"]).to(device=device, dtype=dtype).eval()
+    t, h, w = spec["size"]
+    x = (torch.rand(1, 3, t, h, w, device=device) * 2 - 1).to(dtype)
+    out = {}
+    with torch.no_grad():
+        results = []
+        for fast in (False, True):
+            vae.use_fast_conv(fast)
+            z = vae.encode(x).mode()
+            results.append((z, vae.decode(results[0][0] if results else z)))
+        out["latent_max_diff"] = (results[0][0] - results[1][0]).abs().max().item()
+        out["video_max_diff"] = (results[0][1] - results[1][1]).abs().max().item()
+    return out
+
+
+def run_isolated(spec: dict, diff: bool = False) -> dict:
     if spec["device"] != "cpu":
-        return measure(spec)
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+        return max_difference(spec) if diff else measure(spec)
+    flag = "--child-diff" if diff else "--child"
+    out = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)], capture_output=True, text=True,
                          check=False, env={**os.environ, "PYTHONPATH": str(ROOT), **MALLOC_ENV})
     if out.returncode:
         raise RuntimeError(f"measurement {spec} failed:\n{out.stderr[-2000:]}")
@@ -87,16 +115,20 @@ def main() -> int:
     parser.add_argument("--chunk-enc", type=int, default=None, help="video frames per encoder chunk (default R)")
     parser.add_argument("--chunk-dec", type=int, default=1, help="latent frames per decoder chunk")
     parser.add_argument("--modes", nargs="+", default=["encode", "decode"], choices=["encode", "decode"])
+    parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"],
+                        help="convolution paths to time (fast = WFVAE.use_fast_conv)")
     parser.add_argument("--repeat", type=int, default=1, help="timed repetitions (the minimum is reported)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-diff", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measure(json.loads(args.child))))
+    if args.child or args.child_diff:
+        fn = measure if args.child else max_difference
+        print(json.dumps(fn(json.loads(args.child or args.child_diff))))
         return 0
     sizes = args.sizes or (["33x256x256", "33x512x512"] if args.device.startswith("cuda") else ["9x64x64"])
     print(f"device={args.device} dtype={args.dtype} threads={os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'model':5} {'size':11} {'op':6} {'mode':8} {'chunk':>5} {'seconds':>8} {'peak MiB':>9}")
+    print(f"{'model':5} {'size':11} {'op':6} {'path':9} {'mode':8} {'chunk':>5} {'seconds':>8} {'peak MiB':>9}")
     results = []
     for model in args.models:
         r = 4 if "v13" in model or "l16" in model else 8
@@ -106,29 +138,47 @@ def main() -> int:
             for op in args.modes:
                 chunk = (args.chunk_enc or r) if op == "encode" else args.chunk_dec
                 for mode, c in (("whole", None), ("chunked", chunk)):
-                    spec = {"model": model, "size": [t, h, w], "op": op, "chunk": c, "device": args.device,
-                            "dtype": args.dtype, "repeat": args.repeat}
-                    res = run_isolated(spec)
-                    row[f"{op}_{mode}"] = res
-                    print(f"{model:5} {size:11} {op:6} {mode:8} {str(c or '-'):>5} {res['seconds']:8.3f} "
-                          f"{res['peak_bytes'] / 2**20:9.1f}", flush=True)
-            for mode in ("whole", "chunked"):
-                if f"encode_{mode}" in row and f"decode_{mode}" in row:
-                    seconds = row[f"encode_{mode}"]["seconds"] + row[f"decode_{mode}"]["seconds"]
-                    row[f"videos_per_s_{mode}"] = 1 / seconds
-            summary = []
-            for op in args.modes:
-                whole, chunked = row[f"{op}_whole"], row[f"{op}_chunked"]
-                summary.append(f"{op}: time chunked/whole {chunked['seconds'] / whole['seconds']:.2f}, peak memory "
-                               f"chunked/whole {chunked['peak_bytes'] / max(whole['peak_bytes'], 1):.2f}")
-            if "videos_per_s_whole" in row:
-                summary.append(f"videos/s whole {row['videos_per_s_whole']:.3f}, "
-                               f"chunked {row['videos_per_s_chunked']:.3f}")
-            print(f"  -> {model} {size}: " + "; ".join(summary), flush=True)
+                    for path in args.paths:
+                        spec = {"model": model, "size": [t, h, w], "op": op, "chunk": c, "device": args.device,
+                                "dtype": args.dtype, "repeat": args.repeat, "path": path}
+                        res = run_isolated(spec)
+                        row[f"{op}_{path}_{mode}"] = res
+                        print(f"{model:5} {size:11} {op:6} {path:9} {mode:8} {str(c or '-'):>5} {res['seconds']:8.3f} "
+                              f"{res['peak_bytes'] / 2**20:9.1f}", flush=True)
+            if len(args.paths) == 2:
+                row.update(run_isolated({"model": model, "size": [t, h, w], "device": args.device,
+                                         "dtype": args.dtype}, diff=True))
+            print(f"  -> {model} {size}: " + "; ".join(_summary(row, args.modes, args.paths)), flush=True)
             results.append(row)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def _summary(row: dict, modes: list, paths: list) -> list:
+    """Throughput per path, fast/reference ratios and differences, chunked/whole memory ratios."""
+    out = []
+    for path in paths:
+        for mode in ("whole", "chunked"):
+            if all(f"{op}_{path}_{mode}" in row for op in ("encode", "decode")):
+                seconds = row[f"encode_{path}_{mode}"]["seconds"] + row[f"decode_{path}_{mode}"]["seconds"]
+                row[f"videos_per_s_{path}_{mode}"] = 1 / seconds
+                out.append(f"{path} {mode} {1 / seconds:.3f} videos/s")
+    if len(paths) == 2:
+        for op in modes:
+            ref, fast = row[f"{op}_reference_whole"], row[f"{op}_fast_whole"]
+            out.append(f"{op} fast/reference speed {ref['seconds'] / fast['seconds']:.2f}x, "
+                       f"memory {fast['peak_bytes'] / max(ref['peak_bytes'], 1):.2f}x")
+        if "videos_per_s_fast_whole" in row:
+            out.append(f"encode+decode fast/reference "
+                       f"{row['videos_per_s_fast_whole'] / row['videos_per_s_reference_whole']:.2f}x")
+        out.append(f"max |fast - reference|: latents {row['latent_max_diff']:.1e}, video {row['video_max_diff']:.1e}")
+    for op in modes:
+        for path in paths:
+            whole, chunked = row[f"{op}_{path}_whole"], row[f"{op}_{path}_chunked"]
+            out.append(f"{op} {path} chunked/whole: time {chunked['seconds'] / whole['seconds']:.2f}, "
+                       f"peak memory {chunked['peak_bytes'] / max(whole['peak_bytes'], 1):.2f}")
+    return out
 
 
 def _cuda() -> bool:

@@ -33,6 +33,7 @@ def test_sample_writes_a_playable_mp4_and_sidecar(tmp_path, preset, frames, caps
     assert meta["prompt"] == "a red car in the city" and meta["prompt_used"].startswith("high quality")
     assert meta["sampler"]["_class_name"] in ("EulerAncestralDiscreteScheduler", "FlowMatchEulerSampler")
     assert meta["fast_path"] is (preset == "tiny-osp15-random")  # v1.5 float32 on one process: the fast path
+    assert meta["vae_fast_path"] is True  # float32 on CPU
     # existing outputs are never replaced silently
     with pytest.raises(SystemExit, match="--overwrite"):
         main(["sample", "--preset", preset, "--prompt", "x", "--num-frames", str(frames), *TINY, "--output", str(out)])

@@ -70,7 +70,7 @@ def test_generated_clip_with_saved_model(tmp_path, tiny_model, capsys):
     out = tmp_path / "out" / "rec.mp4"
     rc, stdout, stderr = _run(capsys, inp, out, "--model", tiny_model, "--chunk-frames", 4, "--save-input")
     assert rc == 0, stderr
-    assert "chunks of 4 frames: 3 encode / 3 decode" in stdout
+    assert "chunks of 4 frames: 3 encode / 3 decode" in stdout and "float32 on cpu; fast path" in stdout
     # the printed figures equal an independent computation with the library API (whole clip, no chunks)
     video, _ = video_io.load_video(inp)
     with torch.no_grad():
@@ -83,6 +83,8 @@ def test_generated_clip_with_saved_model(tmp_path, tiny_model, capsys):
     assert frames.shape == (9, 32, 40, 3) and fps == pytest.approx(10)
     saved, _ = video_io.read_video(tmp_path / "out" / "rec_input.mp4")
     assert saved.shape == frames.shape
+    rc, stdout, stderr = _run(capsys, inp, out, "--model", tiny_model, "--no-fast-path", "--overwrite")
+    assert rc == 0 and "fast path" not in stdout, stderr
 
 
 def test_preprocessing_options(tmp_path, tiny_model, capsys):
@@ -91,7 +93,7 @@ def test_preprocessing_options(tmp_path, tiny_model, capsys):
     rc, stdout, stderr = _run(capsys, inp, out, "--model", tiny_model, "--num-frames", 5, "--stride", 2,
                               "--resolution", 32, "--center-crop", "--dtype", "bf16")
     assert rc == 0, stderr
-    assert "5 frames 32x32 at 5 fps" in stdout and "bfloat16" in stdout
+    assert "5 frames 32x32 at 5 fps" in stdout and "bfloat16" in stdout and "fast path" not in stdout
     assert video_io.read_video(out)[0].shape == (5, 32, 32, 3)
 
 

@@ -65,9 +65,10 @@ def register(subparsers) -> None:
     p.add_argument("--cfg-mode", choices=("batch", "sequential"), default="batch",
                    help="sequential: run the guidance passes one after another (half the activation memory)")
     p.add_argument("--no-fast-path", action="store_true",
-                   help="run the reference denoiser forward at every step instead of the v1.5 sampling fast path "
-                        "(same result within float32 rounding; the fast path is used by default where valid: "
-                        "float32, one process, no --offload)")
+                   help="run the reference paths: the denoiser forward at every step instead of the v1.5 sampling "
+                        "fast path, and the WF-VAE's direct convolutions instead of its float32 CPU Winograd path "
+                        "(same result within float32 rounding; the fast paths are used by default where valid: "
+                        "float32, one process, no --offload; CPU for the VAE)")
     p.add_argument("--vae-chunk", type=int, default=None, help="latent frames per VAE decode chunk (bounds memory)")
     p.add_argument("--refiner", default=None, help="local causal-LM folder that rewrites prompts (t2v only)")
     p.add_argument("--save-latents", action="store_true",
@@ -368,7 +369,8 @@ def build_pipeline(args):
     pipe.free_text_encoders = args.free_text_encoders
     pipe.vae_chunk_frames = args.vae_chunk
     pipe.sequential_cfg = args.cfg_mode == "sequential"
-    pipe.fast_denoiser = not getattr(args, "no_fast_path", False)
+    pipe.fast_denoiser = not args.no_fast_path
+    pipe.vae.use_fast_conv(not args.no_fast_path)
     pipe.device, pipe.dtype = device, dtype
     if args.offload == "blocks":
         pipe.enable_block_offload()
@@ -462,6 +464,8 @@ def run(args: argparse.Namespace) -> int:
                 "tp": args.tp, "cp": args.cp, "data_parallel": ranks.data_parallel_size,
                 "offload": args.offload, "cfg_mode": args.cfg_mode, "vae_chunk": args.vae_chunk,
                 "fast_path": fast_path_problem is None,
+                "vae_fast_path": (not args.no_fast_path and pipe.device.type == "cpu"
+                                  and pipe.dtype == torch.float32),
                 "refiner": args.refiner, "seconds_for_batch": round(seconds, 3),
                 "versions": {"mindspeed_mm.osp": __version__, "torch": torch.__version__},
                 "command": ["osp", "sample"] + sys.argv[2:] if sys.argv[1:2] == ["sample"] else None,

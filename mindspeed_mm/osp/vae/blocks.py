@@ -10,14 +10,26 @@ from mindspeed_mm.osp.vae.causal_conv import CausalConv3d, FrameConv2d, per_fram
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channel axis of (B, C, ...) tensors (official `Normalize(..., "layernorm")`)."""
+    """LayerNorm over the channel axis of (B, C, ...) tensors (official `Normalize(..., "layernorm")`).
+
+    The output is contiguous in (B, C, ...) order, so the convolution after it needs no copy of its own."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.norm = nn.LayerNorm(channels, eps=1e-6, elementwise_affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1).contiguous()
+
+
+def silu_(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a fresh intermediate; in place at inference (one activation less held)."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def _residual(shortcut: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """shortcut + h; at inference written into h (a fresh intermediate) instead of a new tensor."""
+    return shortcut + h if torch.is_grad_enabled() else h.add_(shortcut)
 
 
 class ResnetBlock2D(nn.Module):
@@ -33,10 +45,9 @@ class ResnetBlock2D(nn.Module):
             self.nin_shortcut = FrameConv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
+        # One expression, so conv1's output is freed once norm2 has read it (not held through conv2).
+        h = self.conv2(silu_(self.norm2(self.conv1(silu_(self.norm1(x))))))
+        return _residual(self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x, h)
 
 
 class ResnetBlock3D(nn.Module):
@@ -52,10 +63,9 @@ class ResnetBlock3D(nn.Module):
             self.nin_shortcut = CausalConv3d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
+        # One expression, so conv1's output is freed once norm2 has read it (not held through conv2).
+        h = self.conv2(silu_(self.norm2(self.conv1(silu_(self.norm1(x))))))
+        return _residual(self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x, h)
 
 
 class AttnBlock3DFix(nn.Module):

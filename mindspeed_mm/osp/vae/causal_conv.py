@@ -10,12 +10,31 @@ from typing import Optional
 import torch
 from torch import nn
 
+from mindspeed_mm.osp.ops import winograd
+
 
 def _triple(v) -> tuple[int, int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
-class CausalConv3d(nn.Module):
+class FastConvMixin:
+    """`fast_conv = True` routes float32 CPU inference of 3x3 (stride 1, padding 1) convs through Winograd
+    F(4x4, 3x3) (ops/winograd.py); everything else, and `fast_conv = False` (the default), runs the direct
+    convolution, which stays the reference. The weights are transformed on each call, not cached: a cache would
+    hold 4x the conv weights (2 GB for the v1.3 WF-VAE)."""
+
+    fast_conv = False
+
+    def _winograd(self, conv: nn.modules.conv._ConvNd, segments: list) -> Optional[torch.Tensor]:
+        """The fast-path output for a time-padded input given as frame segments (see winograd.winograd_conv),
+        or None where the fast path does not apply."""
+        frames = sum(seg.shape[2] for seg in segments)
+        if not (self.fast_conv and winograd.supported(conv, segments[-1], frames)):
+            return None
+        return winograd.winograd_conv(segments, conv.weight, conv.bias)
+
+
+class CausalConv3d(FastConvMixin, nn.Module):
     """Conv3d whose time axis is padded on the left with `kt - 1` copies of the first frame (no look-ahead).
 
     Spatial padding is zero padding as given; temporal padding of `nn.Conv3d` is always 0. In streaming use
@@ -39,21 +58,28 @@ class CausalConv3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kt, st = self.conv.kernel_size[0], self.conv.stride[0]
+        # The padded input as segments along time: [first frame repeated kt - 1 times (a view), x] at the start
+        # of a stream, [frames carried over from the previous call, x] after it.
         if self._pending is None:
             if x.shape[2] == 0:
                 return self._empty_output(x)
-            if kt > 1:
-                x = torch.cat([x[:, :, :1]] * (kt - 1) + [x], dim=2)
-        elif self._pending.shape[2]:
-            x = torch.cat([self._pending, x], dim=2)
-        n = x.shape[2]
+            segments = [x[:, :, :1].expand(-1, -1, kt - 1, -1, -1), x] if kt > 1 else [x]
+        else:
+            segments = [self._pending, x] if self._pending.shape[2] else [x]
+        n = sum(seg.shape[2] for seg in segments)
         n_out = (n - kt) // st + 1 if n >= kt else 0
-        self._pending = x[:, :, n_out * st:].clone()
+        self._pending = _tail(segments, n - n_out * st)
         if n_out == 0:
             return self._empty_output(x)
-        return self._conv(x[:, :, : (n_out - 1) * st + kt])
+        return self._conv(segments, (n_out - 1) * st + kt)
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv(self, segments: list, frames: int) -> torch.Tensor:
+        """The conv over the first `frames` frames of the concatenated segments."""
+        fast = self._winograd(self.conv, segments) if frames == sum(s.shape[2] for s in segments) else None
+        if fast is not None:
+            return fast
+        x = torch.cat(segments, dim=2) if len(segments) > 1 else segments[0]
+        x = x[:, :, :frames]
         # PyTorch's CPU heuristic sends conv3d inputs with small B*C*T*H (short chunks, narrow layers) to an
         # im2col kernel that is several times slower and allocates a large column buffer; oneDNN is used
         # directly for float32 CPU inference instead (same result up to float rounding).
@@ -65,11 +91,27 @@ class CausalConv3d(nn.Module):
         return self.conv(x)
 
 
-class FrameConv2d(nn.Conv2d):
+def _tail(segments: list, count: int) -> torch.Tensor:
+    """A copy of the last `count` frames of the time-concatenation of `segments`."""
+    if count == 0:
+        return segments[-1][:, :, :0].clone()
+    parts, need = [], count
+    for seg in reversed(segments):
+        take = min(need, seg.shape[2])
+        if take:
+            parts.append(seg[:, :, seg.shape[2] - take:])
+        need -= take
+        if not need:
+            break
+    return torch.cat(parts[::-1], dim=2) if len(parts) > 1 else parts[0].clone()
+
+
+class FrameConv2d(FastConvMixin, nn.Conv2d):
     """nn.Conv2d applied to every frame of a (B, C, T, H, W) tensor. Keys: `weight`, `bias`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return per_frame(super().forward, x)
+        fast = self._winograd(self, [x]) if x.shape[2] else None
+        return per_frame(super().forward, x) if fast is None else fast
 
 
 def per_frame(fn, x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +147,13 @@ class FrameAligner(nn.Module):
         n = min(s.shape[2] for s in streams)
         self._pending = [s[:, :, n:].clone() if s.shape[2] > n else None for s in streams]
         return streams[0][:, :, :n], streams[1][:, :, :n]
+
+
+def set_fast_conv(module: nn.Module, enabled: bool) -> None:
+    """Turn the Winograd fast path of every conv in `module` on or off (see FastConvMixin)."""
+    for m in module.modules():
+        if isinstance(m, FastConvMixin):
+            m.fast_conv = bool(enabled)
 
 
 def reset_streams(module: nn.Module) -> None:

@@ -88,6 +88,9 @@ def register(subparsers) -> None:
     p.add_argument("--save-input", action="store_true",
                    help="also write the preprocessed input as <OUT stem>_input.mp4 (for side-by-side viewing)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and the saved input) if they exist")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="run every convolution directly (the reference) instead of the float32 CPU fast path "
+                        "(Winograd 3x3 convs, ~1e-5 relative difference; docs/performance.md)")
     p.add_argument("--seed", type=int, default=0, help="seed for --demo's random weights")
     p.set_defaults(func=run_reconstruct)
 
@@ -274,7 +277,7 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
     _, _, t, h, w = video.shape
     print(f"input: {inp} -> {t} frames {h}x{w} at {fps:g} fps")
 
-    vae = vae.to(device=device, dtype=dtype).eval()
+    vae = vae.to(device=device, dtype=dtype).eval().use_fast_conv(not args.no_fast_path)
     r = vae.temporal_compression
     valid_t = 1 + r * math.ceil((t - 1) / r) if args.pad else t
     n_enc, n_dec, _ = chunk_counts(vae, valid_t, chunk_frames)
@@ -286,7 +289,8 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
                                                    chunk_frames=chunk_frames, pad=args.pad, on_chunk=on_chunk)
     chunks = (f"; chunks of {chunk_frames} frames: {n_enc} encode / {n_dec} decode" if chunk_frames
               else "; whole clip at once")
-    print(f"model: {model_desc}; {str(dtype).replace('torch.', '')} on {device}; latent {latent_shape}; "
+    fast = "" if args.no_fast_path or device.type != "cpu" or dtype != torch.float32 else "; fast path"
+    print(f"model: {model_desc}; {str(dtype).replace('torch.', '')} on {device}{fast}; latent {latent_shape}; "
           f"encode {timings['encode']:.2f} s, decode {timings['decode']:.2f} s{chunks}")
     if args.demo:
         whole = reconstruct(vae, video.to(device=device, dtype=dtype), pad=args.pad)[0]

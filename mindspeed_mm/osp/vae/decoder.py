@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mindspeed_mm.osp.vae.blocks import (AttnBlock3DFix, ChannelLayerNorm, ResnetBlock3D, Spatial2xTime2x3DUpsample,
-                                         Upsample)
+                                         Upsample, silu_)
 from mindspeed_mm.osp.vae.causal_conv import CausalConv3d, FrameAligner, FrameConv2d
 from mindspeed_mm.osp.vae.config import WFVAEConfig
 from mindspeed_mm.osp.vae.wavelets import InverseHaarWavelet2D, InverseHaarWavelet3D
@@ -78,7 +77,7 @@ class Decoder(nn.Module):
 
         h = self._run(self.up1, h[:, :-ed], flush)
         h = self.layer(h)
-        h = self.conv_out(F.silu(self.norm_out(h)))
+        h = self.conv_out(silu_(self.norm_out(h)))
         h, l1 = self.align_l1(h, l1)
         h = _add_low_band(h, l1)
         return self.inverse_wavelet_transform_out(h), (l1_coeffs, l2_coeffs)

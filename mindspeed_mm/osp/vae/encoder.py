@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mindspeed_mm.osp.vae.blocks import (AttnBlock3DFix, ChannelLayerNorm, Downsample, ResnetBlock2D, ResnetBlock3D,
-                                         Spatial2xTime2x3DDownsample)
+                                         Spatial2xTime2x3DDownsample, silu_)
 from mindspeed_mm.osp.vae.causal_conv import CausalConv3d, FrameAligner, FrameConv2d
 from mindspeed_mm.osp.vae.config import WFVAEConfig
 from mindspeed_mm.osp.vae.wavelets import HaarWavelet2D, HaarWavelet3D
@@ -60,5 +59,5 @@ class Encoder(nn.Module):
         h = self.down2(h)
         h = torch.cat(self.align_l2(h, l2), dim=1)
         h = self.mid(h)
-        h = self.conv_out(F.silu(self.norm_out(h)))
+        h = self.conv_out(silu_(self.norm_out(h)))
         return h, (l1_coeffs, l2_coeffs)

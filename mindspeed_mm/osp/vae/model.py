@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mindspeed_mm.osp.files import replace_file
-from mindspeed_mm.osp.vae.causal_conv import reset_streams
+from mindspeed_mm.osp.vae.causal_conv import reset_streams, set_fast_conv
 from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir, load_checkpoint_file
 from mindspeed_mm.osp.vae.config import WFVAEConfig, load_preset
 from mindspeed_mm.osp.vae.decoder import Decoder
@@ -59,6 +59,13 @@ class WFVAE(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def use_fast_conv(self, enabled: bool = True) -> "WFVAE":
+        """Float32 CPU inference runs its 3x3 convs as Winograd F(4x4, 3x3) (ops/winograd.py; about 1e-5
+        relative difference, see docs/performance.md). Off by default: the direct convolution is the reference.
+        CUDA, Ascend, other dtypes and training always use the direct convolution. Returns self."""
+        set_fast_conv(self, enabled)
+        return self
 
     # ---- shapes -------------------------------------------------------------------------------------------
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:

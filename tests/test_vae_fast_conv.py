@@ -1,0 +1,129 @@
+"""The Winograd fast path (ops/winograd.py) against the direct convolution, op by op and through the WF-VAE."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mindspeed_mm.osp.ops import winograd
+from mindspeed_mm.osp.vae import WFVAE
+from mindspeed_mm.osp.vae.causal_conv import CausalConv3d, FrameConv2d
+
+REL_TOL = 2e-5   # F(4x4, 3x3) in float32: about 1e-5 of the output scale
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("ci,co,kt,t,h,w,batch", [
+    (16, 24, 3, 7, 12, 20, 1),   # whole tiles
+    (8, 5, 3, 4, 9, 14, 2),      # partial tiles on both edges, batch 2
+    (6, 6, 1, 3, 5, 3, 1),       # 2-D kernel, tiny frame
+    (4, 7, 2, 2, 4, 4, 1),       # two taps, one output frame
+])
+def test_matches_conv3d(ci, co, kt, t, h, w, batch):
+    gen = torch.Generator().manual_seed(ci * co + h)
+    x = torch.randn(batch, ci, t, h, w, generator=gen)
+    weight = torch.randn(co, ci, kt, 3, 3, generator=gen)
+    bias = torch.randn(co, generator=gen)
+    ref = F.conv3d(x, weight, bias, padding=(0, 1, 1))
+    out = winograd.winograd_conv(x, weight, bias)
+    assert _rel_diff(out, ref) < REL_TOL
+    assert (out - ref).abs().max() > 0   # it is a different algorithm, not the direct conv in disguise
+
+
+def test_segments_stand_for_their_concatenation():
+    """A causal conv passes [first frame repeated (a view), frames] or [carried frames, frames], never a copy."""
+    gen = torch.Generator().manual_seed(4)
+    x, carried = torch.randn(2, 6, 5, 8, 12, generator=gen), torch.randn(2, 6, 2, 8, 12, generator=gen)
+    weight = torch.randn(7, 6, 3, 3, 3, generator=gen)
+    for segments in ([x[:, :, :1].expand(-1, -1, 2, -1, -1), x], [carried, x], [carried, x[:, :, :1]]):
+        ref = F.conv3d(torch.cat(segments, dim=2), weight, padding=(0, 1, 1))
+        assert _rel_diff(winograd.winograd_conv(segments, weight, None), ref) < REL_TOL
+
+
+@pytest.mark.parametrize("workspace", [1, 60 * 4 * 2 * (8 * 9 + 8 * 7) * 2])   # 1 frame x 1 row; all frames x 2 rows
+def test_blocks_cover_the_output_exactly(monkeypatch, workspace):
+    """Small workspaces split the work into frame and tile-row blocks: each must read its own input window."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 8, 9, 21, 7, generator=gen)
+    weight, bias = torch.randn(8, 8, 3, 3, 3, generator=gen), torch.randn(8, generator=gen)
+    whole = winograd.winograd_conv(x, weight, bias)
+    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", workspace)
+    frames, rows = winograd._blocks(8, 8, 3, 7, 6, 2, 4)
+    assert (frames, rows) == ((1, 1) if workspace == 1 else (7, 2))
+    blocked = winograd.winograd_conv(x, weight, bias)
+    assert _rel_diff(blocked, whole) < 1e-5   # GEMM sizes differ, so rounding does; a misplaced block is O(1)
+    assert _rel_diff(whole, F.conv3d(x, weight, bias, padding=(0, 1, 1))) < REL_TOL
+
+
+def test_used_only_where_it_is_valid_and_worthwhile():
+    x = torch.zeros(1, 128, 3, 64, 64)
+    with torch.no_grad():
+        assert winograd.supported(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), x)
+        assert not winograd.supported(torch.nn.Conv3d(64, 64, 3, padding=(0, 1, 1)), x[:, :64])   # too narrow
+        assert not winograd.supported(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), x[..., :32, :32])  # too small
+        assert not winograd.supported(torch.nn.Conv3d(128, 128, 3, stride=2), x)
+        assert not winograd.supported(torch.nn.Conv3d(128, 128, 1), x)
+        assert not winograd.supported(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), x.double())
+    assert not winograd.supported(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), x)   # grad enabled: training
+
+
+def test_frame_conv2d_fast_path_matches(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_TAP_CHANNELS", 0)
+    monkeypatch.setattr(winograd, "MIN_OUTPUT_POSITIONS", 0)
+    conv = FrameConv2d(16, 24, 3, padding=1)
+    conv.fast_conv = True
+    x = torch.randn(2, 16, 3, 10, 14)
+    with torch.no_grad():
+        fast = conv(x)
+        conv.fast_conv = False
+        ref = conv(x)
+    assert _rel_diff(fast, ref) < REL_TOL and (fast - ref).abs().max() > 0
+
+
+@pytest.fixture(params=["tiny_v13", "tiny_v15"])
+def vae(request, monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_TAP_CHANNELS", 0)   # tiny sizes: run every 3x3 conv on the fast path
+    monkeypatch.setattr(winograd, "MIN_OUTPUT_POSITIONS", 0)
+    torch.manual_seed(0)
+    model = WFVAE.from_preset(request.param).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_wfvae_fast_path_matches_reference_whole_and_chunked(vae):
+    r = vae.temporal_compression
+    video = torch.rand(1, 3, 1 + 2 * r, 16, 24, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    ref_z = vae.encode(video).mode()
+    ref_video = vae.decode(ref_z)
+    vae.use_fast_conv()
+    fast_z = vae.encode(video).mode()
+    assert _rel_diff(fast_z, ref_z) < 1e-4 and (fast_z - ref_z).abs().max() > 0
+    assert _rel_diff(vae.encode(video, chunk_frames=r).mode(), fast_z) < 1e-4
+    fast_video = vae.decode(ref_z)
+    assert (fast_video - ref_video).abs().max() < 1e-4
+    assert (vae.decode(ref_z, chunk_frames=1) - fast_video).abs().max() < 1e-4
+    vae.use_fast_conv(False)
+    assert torch.equal(vae.decode(ref_z), ref_video)
+
+
+def test_training_never_takes_the_fast_path(vae):
+    vae.use_fast_conv()
+    video = torch.rand(1, 3, 1 + vae.temporal_compression, 16, 16) * 2 - 1
+    calls = []
+    original = winograd.winograd_conv
+    try:
+        winograd.winograd_conv = lambda *a: calls.append(1) or original(*a)
+        recon, *_ = vae(video, sample_posterior=False)
+        recon.mean().backward()
+        assert not calls
+        with torch.no_grad():
+            vae.encode(video)
+        assert calls
+    finally:
+        winograd.winograd_conv = original
