@@ -37,6 +37,9 @@ RECOMPUTE_CASES = {"toy/recompute_tp2_sp_pp2_rcfull": 3 * 2 * 2, "toy/recompute_
 BF16_CASES = ["v15/train_tp2_sp_pp2_bf16"]
 # training.step.training_step with adaptive clipping (a planted spike on step 3) and the EMA sharded over DP x CP
 GUARDED_CASES = ["toy/guarded_tp2_sp", "toy/guarded_pp2_cp2"]
+# the v1.3 per-rank outlier drop at TP2+SP (2 data-parallel ranks): a spike on rank 1 at step 3 is dropped, a spike on
+# both at step 5 skips the step; spike_: the same steps without the drop let the spike through
+OUTLIER_CASES = ["toy/outlier_tp2_sp", "toy/spike_tp2_sp"]
 # built on the meta device (never whole on one rank), parallelized, then the official weights loaded
 META_CASES = ["v15/meta_tp2_sp_pp2", "v13/meta_tp2_pp2"]
 # `osp train` (tiny v1.5 SUV config, 6 blocks, global batch 4) for 3 steps under each layout with 4 processes: the
@@ -93,7 +96,8 @@ def _tiny_suv() -> dict:
 def results(tmp_path_factory, job_config):
     pytest.importorskip("megatron.core", reason="megatron-core is not installed")
     return _launch(sys.executable, 4, CASES + META_CASES + TRAIN_CASES + RESUME_CASES + list(RECOMPUTE_CASES)
-                   + BF16_CASES + GUARDED_CASES + JOB_CASES, tmp_path_factory.mktemp("parallel") / "results.json",
+                   + BF16_CASES + GUARDED_CASES + OUTLIER_CASES + JOB_CASES,
+                   tmp_path_factory.mktemp("parallel") / "results.json",
                    job_config)
 
 
@@ -171,6 +175,25 @@ def test_guarded_step_matches_one_device(results, case):
     assert r["loss_max_diff"] < TRAIN_TOL and r["grad_norm_max_rel_diff"] < TRAIN_TOL
     assert r["weight_max_diff"] < WEIGHT_TOL and r["ema_max_diff"] < WEIGHT_TOL
     assert r["ema_vs_weights"] > 100 * r["ema_max_diff"]   # the EMA is its own average, not a copy of the weights
+
+
+def test_rank_outlier_drop_matches_the_rule_on_one_device(results):
+    """Each DP rank's local gradient norm (TP-summed, before the reduction) equals its shard's norm on one device;
+    the dropped ranks and the statistics follow the rule (tests/parallel/run_cases.py::_reference_outlier); the
+    weights equal those of Adam steps on the survivors' mean gradient, i.e. rank 0's alone at the spike."""
+    r = results["toy/outlier_tp2_sp"]
+    assert r["dropped"] == r["reference_dropped"] == [[], [], [1], [], [0, 1], []]
+    assert r["actions"] == ["keep"] * 4 + ["skip: every rank's gradient is an outlier", "keep"]
+    assert r["counts"] == {"steps_with_drops": 1, "ranks_dropped": 1, "all_dropped": 1}
+    assert r["spike_over_bound"] > 2                       # the spike is well above ema + 3 sqrt(var)
+    assert r["norm_max_rel_diff"] < TRAIN_TOL and r["stats_max_rel_diff"] < TRAIN_TOL
+    assert r["weight_max_diff"] < WEIGHT_TOL < r["weight_diff_vs_other_rule"] / 10
+
+
+def test_without_the_rank_outlier_drop_the_spike_goes_through(results):
+    r = results["toy/spike_tp2_sp"]
+    assert r["actions"] == ["keep"] * 6 and r["reference_dropped"] == [[]] * 6
+    assert r["weight_max_diff"] < WEIGHT_TOL < r["weight_diff_vs_other_rule"] / 10
 
 
 @pytest.mark.parametrize("case", BF16_CASES)

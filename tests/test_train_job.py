@@ -55,6 +55,14 @@ def test_shipped_configs_are_valid_and_fit_their_layout(path):
     ({"diffusion": {"inpaint": {"mask_weights": {}}}}, [], "diffusion.inpaint (I2V conditioning) is a v1.3"),
     ({"model": {"text_encoder_2": None}}, [], "raw media needs model.text_encoder_2"),
     ({"data": {"buckets": {"num_frame": 9}}}, [], "did you mean 'num_frames'"),
+    ({"optimizer": {"rank_outlier_dropp": True}}, [], "did you mean 'rank_outlier_drop'"),
+    ({"optimizer": {"rank_outlier_drop": True}}, ["parallel.context=2"], "rank_outlier_drop needs parallel.context 1"),
+    ({"sampling": {"every": 1}}, [], "sampling.every > 0 needs sampling.prompts"),
+    ({"sampling": {"every": 1, "prompts": ["a"]}}, ["parallel.tensor=2"], "needs a single-rank model layout"),
+    ({"sampling": {"every": 1, "prompts": ["a"]}, "data": {"cache": "somewhere"}, "model": {"vae": None}}, [],
+     "config names no model.vae; a run on a feature cache must name the VAE"),
+    ({"sampling": {"every": 1, "prompts": ["a"], "num_frames": 10}}, [], "sampling size 10x256x256: num_frames 10"),
+    ({"sampling": {"every": 1, "prompts": ["a"], "promts": []}}, [], "did you mean 'prompts'"),
 ])
 def test_bad_configs_are_refused_before_anything_is_allocated(tmp_path, data, capsys, changes, args, message):
     changes = {**changes, "data": {"source": data["one"], **changes.get("data", {})}}
@@ -224,3 +232,48 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, data, capsys)
     assert [e["skipped_total"] for e in log] == [0, 1, 2, 3]
     # saved after steps 1-3 (a skipped step changes nothing); the stop raised before step 4 was saved
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "3"
+
+
+def test_periodic_sampling_writes_mp4s_and_resume_keeps_them(tmp_path, data, capsys):
+    """Sampling every step (1 prompt, 9x32x64, 2 denoising steps): rank 0 writes samples/step_XXXXXXX/00.mp4 after
+    steps 1 and 2 (never step 0), with the EMA weights, atomically. A resume that re-runs step 2 (its checkpoint
+    gone) finds step 2's file and leaves it alone; step 3 is sampled. The losses equal those of a run without
+    sampling: the sampler draws from its own seeded generators inside fork_rng. Both runs also keep the per-rank
+    outlier drop's statistics (one rank: nothing to drop here), which the checkpoint restores exactly."""
+    from megatron.core import dist_checkpointing
+
+    from mindspeed_mm.osp.data.video_io import read_video
+
+    changes = {"data": {"source": data["eight"]}, "steps": 2, "checkpoint": {"every": 1, "keep_last": 0},
+               "optimizer": {"rank_outlier_drop": True},
+               "sampling": {"every": 1, "prompts": ["a red square moving right"], "num_frames": 9, "height": 32,
+                            "width": 64, "steps": 2}}
+    config = write_config(tmp_path / "c.json", "osp15_suv_tiny", changes)
+    run = tmp_path / "run"
+    assert osp_train(config, run) == 0
+    assert "step 2: samples (EMA weights)" in capsys.readouterr().out
+    files = sorted(p.relative_to(run).as_posix() for p in (run / "samples").rglob("*") if p.is_file())
+    assert files == ["samples/step_0000001/00.mp4", "samples/step_0000002/00.mp4"]
+    for name in files:
+        frames, fps = read_video(run / name)
+        assert tuple(frames.shape) == (9, 32, 64, 3) and fps == 24
+    one, two = (run / files[0]).read_bytes(), run / files[1]
+    assert one != two.read_bytes()   # the weights moved between the two samplings
+    before = (two.stat().st_ino, two.stat().st_mtime_ns)
+    # lose the checkpoint of step 2: the resumed run repeats step 2, then trains step 3
+    (run / "checkpoints" / "latest").write_text("1")
+    import shutil
+    shutil.rmtree(run / "checkpoints" / "iter_0000002")
+    assert osp_train(config, run, "steps=3") == 0
+    out = capsys.readouterr().out
+    assert "step 2: samples already written" in out and "step 3: samples (EMA weights)" in out
+    assert (two.stat().st_ino, two.stat().st_mtime_ns) == before
+    assert (run / "samples" / "step_0000003" / "00.mp4").is_file()
+    plain = write_config(tmp_path / "plain.json", "osp15_suv_tiny", {**changes, "steps": 3, "sampling": {}})
+    assert osp_train(plain, tmp_path / "plain") == 0
+    for key in ("loss", "grad_norm", "rank_grad_norms", "dropped_ranks"):
+        assert [e[key] for e in metrics(run)] == [e[key] for e in metrics(tmp_path / "plain")], key
+    assert not (tmp_path / "plain" / "samples").exists()
+    extra = [dist_checkpointing.load_common_state_dict(str(r / "checkpoints" / "iter_0000003"))["extra"]
+             for r in (run, tmp_path / "plain")]
+    assert extra[0]["rank_drop"] == extra[1]["rank_drop"] and extra[0]["rank_drop"]["started"]

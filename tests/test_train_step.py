@@ -44,6 +44,38 @@ def test_adaptive_clip_rule_by_hand():
         AdaptiveGradClip(on_extreme="ignore")
 
 
+def test_rank_outlier_drop_rule_by_hand():
+    """The v1.3 per-rank rule: drop rank i when gn_i - ema > 3 sqrt(var); survivors x N/M; statistics from the
+    largest kept norm, taken in only on commit (an applied step); non-finite norms are outliers."""
+    from mindspeed_mm.osp.training.clipping import RankOutlierDrop
+
+    drop = RankOutlierDrop()
+    first = drop.decide([1.0, 2.0])                  # start: ema = 3 x 2, var = 0 -> nothing dropped
+    assert (first.dropped, first.scale, first.threshold) == ([], 1.0, 6.0) and not drop.started
+    drop.commit()
+    ema = 0.99 * 6.0 + 0.01 * 2.0
+    var = 0.01 * (ema - 2.0) ** 2
+    assert drop.started and (drop.ema, drop.var) == pytest.approx((ema, var), rel=1e-12)
+    bound = 3 * math.sqrt(var)
+    spike = drop.decide([1.0, ema + bound * 1.01, float("nan"), ema + bound * 0.99])
+    assert spike.dropped == [1, 2] and spike.scale == 2.0 and spike.threshold == pytest.approx(ema + bound)
+    assert (drop.ema, drop.var) == pytest.approx((ema, var), rel=1e-12)     # not before commit
+    drop.commit()
+    m = ema + bound * 0.99                            # the largest kept norm, not the dropped spike
+    ema2 = 0.99 * ema + 0.01 * m
+    assert (drop.ema, drop.var) == pytest.approx((ema2, 0.99 * var + 0.01 * (ema2 - m) ** 2), rel=1e-12)
+    assert drop.counts == {"steps_with_drops": 1, "ranks_dropped": 2, "all_dropped": 0}
+    state = drop.state_dict()
+    every = drop.decide([100.0, 200.0])
+    assert every.all_dropped and every.scale == 0.0
+    drop.note_all_dropped()
+    drop.commit()                                     # nothing pending: the statistics stay
+    assert (drop.ema, drop.var) == (state["ema"], state["var"]) and drop.counts["all_dropped"] == 1
+    again = RankOutlierDrop()
+    again.load_state_dict(state)
+    assert again.state_dict() == state
+
+
 def test_first_step_starts_at_most_max_init():
     clip = AdaptiveGradClip()
     decision = clip.decide(3.0)                        # ema starts at min(9, 1) = 1: clipped to 1

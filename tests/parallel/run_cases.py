@@ -5,7 +5,8 @@
 A case is <model>/<layout>: model toy (tests/parallel/toy.py), v13 or v15 (the 4-head official fixtures);
 layout tp<N>, pp<N>, cp<N>, vpp<N> and "sp", joined by "_" (e.g. tp2_sp_pp2). Each case checks, on every rank:
 forward output vs the single-device model, and the gathered official state dict vs the original weights. Prefixes
-train_ / recompute_ / resume_ / guarded_ select training checks; tokens "bf16" and rcfull / rc<N> (recompute) modify them.
+train_ / recompute_ / resume_ / guarded_ / outlier_ (spike_: the same without the drop) select training checks;
+tokens "bf16" and rcfull / rc<N> (recompute) modify them.
 Model "job" runs the `osp train` job (config from --job-config) under the layout and reports its JSONL metrics.
 """
 from __future__ import annotations
@@ -299,6 +300,86 @@ def guarded_case(layout: str, build, inputs) -> dict:
             "ema_vs_weights": max((gathered[k] - ref_sd[k]).abs().max().item() for k in ref_ema)}
 
 
+# the per-rank outlier drop's cases (2 data-parallel ranks): per step, the factor on each DP rank's loss. Step 3
+# plants a spike on rank 1 only (dropped: the update is rank 0's alone); step 5 on both (every rank an outlier:
+# the step is skipped).
+OUTLIER_LOSS_SCALES = ((1.0, 1.0), (1.0, 1.0), (1.0, 50.0), (1.0, 1.0), (50.0, 50.0), (1.0, 1.0))
+
+
+def _reference_outlier(model, shards, drop: bool, lr=1e-3, wd=0.1, eps=1e-8, decay=0.99):
+    """The steps on one device, the v1.3 rule written out: each shard's gradient and norm gn_r; with `drop`, shard r
+    is zeroed when gn_r - ema > 3 sqrt(var) (first step: ema = 3 max gn, var = 0), the kept ones averaged; then
+    ema = d ema + (1-d) m, var = d var + (1-d) (ema - m)^2 with m the largest kept norm; all dropped: no step."""
+    opt = _reference_optimizer(model, lr, wd, eps)
+    ema = var = None
+    norms, dropped, stats = [], [], []
+    for scales in OUTLIER_LOSS_SCALES:
+        grads, step_norms = [], []
+        for shard, scale in zip(shards, scales):
+            model.zero_grad()
+            (_loss(model(**shard), shard) * scale).backward()
+            g = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+            grads.append(g)
+            step_norms.append(torch.cat([x.reshape(-1) for x in g]).double().norm().item())
+        if drop and ema is None:
+            ema, var = 3 * max(step_norms), 0.0
+        out = [r for r, n in enumerate(step_norms) if drop and n - ema > 3 * var ** 0.5]
+        kept = [r for r in range(len(shards)) if r not in out]
+        norms.append(step_norms), dropped.append(out)
+        if kept:
+            for i, p in enumerate(model.parameters()):
+                p.grad = sum(grads[r][i] for r in kept) / len(kept)
+            opt.step()
+            if drop:
+                m = max(step_norms[r] for r in kept)
+                ema = decay * ema + (1 - decay) * m
+                var = decay * var + (1 - decay) * (ema - m) ** 2
+        stats.append([ema, var])
+    return norms, dropped, stats, model.state_dict()
+
+
+def outlier_case(layout: str, build, inputs) -> dict:
+    """training.step.training_step with (outlier_) or without (spike_) the per-rank outlier drop, 2 data-parallel
+    ranks under `layout`, vs the rule on one device: per-rank norms, dropped ranks, statistics, weights."""
+    from megatron.core import parallel_state
+
+    from mindspeed_mm.osp.training.clipping import RankOutlierDrop
+    from mindspeed_mm.osp.training.step import training_step
+    drop = layout.startswith("outlier_")
+    parallel.initialize(**parse_layout(layout))
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    assert dp == 2, dp
+    torch.manual_seed(0)
+    model = build()
+    shards = [{k: v.chunk(dp)[r] for k, v in inputs.items()} for r in range(dp)]
+    ref_norms, ref_dropped, ref_stats, ref_sd = _reference_outlier(copy.deepcopy(model), shards, drop)
+    pmodel = parallel.parallelize(copy.deepcopy(model))
+    optimizer = parallel.make_optimizer(pmodel, lr=1e-3, weight_decay=0.1, eps=1e-8)
+    rank_drop = RankOutlierDrop() if drop else None
+    local = shards[dp_rank]
+    results, stats = [], []
+    for scales in OUTLIER_LOSS_SCALES:
+        loss_scale = torch.full((len(local["hidden_states"]),), scales[dp_rank])
+        results.append(training_step(pmodel, optimizer, _scaled_loss, local, {"loss_scale": loss_scale},
+                                     rank_drop=rank_drop))
+        stats.append([rank_drop.ema, rank_drop.var] if drop else [None, None])
+    out = {"actions": [r.action for r in results], "weight_max_diff": _weights_diff(parallel.full_state_dict(pmodel),
+                                                                                   ref_sd),
+           "reference_dropped": ref_dropped}
+    # the other rule's reference: how far apart dropping the spike and keeping it put the weights
+    other_sd = _reference_outlier(copy.deepcopy(model), shards, not drop)[3]
+    out["weight_diff_vs_other_rule"] = _weights_diff(parallel.full_state_dict(pmodel), other_sd)
+    if drop:
+        out.update({"dropped": [r.rank_drop.dropped for r in results],
+                    "norm_max_rel_diff": max_across_ranks(max(abs(a / b - 1) for r, ns in zip(results, ref_norms)
+                                                              for a, b in zip(r.rank_drop.norms, ns))),
+                    "stats_max_rel_diff": max_across_ranks(max(abs(a / b - 1) for s, rs in zip(stats, ref_stats)
+                                                               for a, b in zip(s, rs) if b)),
+                    "counts": rank_drop.counts, "spike_over_bound": results[2].rank_drop.norms[1]
+                    / results[2].rank_drop.threshold})
+    return out
+
+
 def recompute_case(layout: str, build, inputs, steps: int = 3) -> dict:
     """The same training steps under one layout without and with activation recompute."""
     parallel.initialize(**parse_layout(layout))
@@ -462,6 +543,8 @@ def main():
                 results[case] = meta_case(layout[len("meta_"):], model)
             elif layout.startswith("recompute_"):
                 results[case] = recompute_case(layout[len("recompute_"):], build, inputs)
+            elif layout.startswith(("outlier_", "spike_")):
+                results[case] = outlier_case(layout, build, inputs)
             elif layout.startswith("guarded_"):
                 results[case] = guarded_case(layout[len("guarded_"):], build, inputs)
             elif layout.startswith("train_"):

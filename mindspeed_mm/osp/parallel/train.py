@@ -95,26 +95,65 @@ def make_optimizer(pmodel, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 
     return optimizer
 
 
-def _finalize_grads(chunks, layout) -> None:
+def local_grad_norm(chunks) -> float:
+    """L2 norm of this data-parallel rank's own gradient (the grad buffers before the data-parallel reduction),
+    over its whole model replica: squares summed over the TP x PP group, TP duplicates and shared parameters
+    counted once (megatron's rule for the global norm). Every rank of the replica gets the same value."""
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+    from megatron.core.transformer.module import param_is_not_shared
+
+    device = next(p for chunk in chunks for p in chunk.parameters()).device
+    total = torch.zeros(1, dtype=torch.float64, device=device)
+    for chunk in chunks:
+        for p in chunk.parameters():
+            grad = getattr(p, "main_grad", None)
+            if grad is not None and p.requires_grad and param_is_not_shared(p) and \
+                    param_is_not_tensor_parallel_duplicate(p):
+                total += grad.detach().double().pow(2).sum()
+    group = parallel_state.get_model_parallel_group()
+    if torch.distributed.get_world_size(group) > 1:
+        total = total.float()   # float32 on the wire (not every collective backend reduces float64)
+        torch.distributed.all_reduce(total, group=group)
+    return float(total.double().sqrt())
+
+
+def scale_local_grads(chunks, factor: float) -> None:
+    """Multiply this rank's grad buffers by `factor` before the data-parallel reduction; 0 zeroes them (NaN and inf
+    included)."""
+    for chunk in chunks:
+        for buffer in list(chunk.buffers) + list(getattr(chunk, "expert_parallel_buffers", [])):
+            if factor == 0.0:
+                buffer.grad_data.zero_()
+            elif factor != 1.0:
+                buffer.grad_data.mul_(factor)
+
+
+def _finalize_grads(chunks, layout, before_reduce=None) -> None:
     """Sum the grads of replicated parameters that saw only this rank's tokens (SP) or heads (qk-norms) over
-    TP, then reduce grads over DP x CP (megatron's order)."""
+    TP, then reduce grads over DP x CP (megatron's order). `before_reduce(chunks)` runs right before the
+    data-parallel reduction (megatron DDP pre-scales by 1/DP and reduces inside `finish_grad_sync`), when every
+    rank's buffers still hold its own gradient."""
     if layout.tensor_parallel > 1:
         group = parallel_state.get_tensor_model_parallel_group()
         for chunk in chunks:
             for p in chunk.parameters():
                 if getattr(p, "grad_sum_over_tp", False) and p.requires_grad:
                     torch.distributed.all_reduce(p.main_grad, group=group)
+    if before_reduce is not None:
+        before_reduce(chunks)
     for chunk in chunks:
         chunk.finish_grad_sync()
 
 
 def forward_backward(pmodel, optimizer, loss_fn, num_microbatches: int = 1, loss_inputs: dict | None = None,
-                     **inputs) -> float:
+                     before_grad_reduce=None, **inputs) -> float:
     """Zero the gradients, then forward and backward over `num_microbatches` micro-batches with gradients
     reduced over data parallel. `loss_inputs` are split like the inputs and merged into what `loss_fn` gets (the
-    model never sees them). Returns the mean loss over micro-batches and data-parallel ranks, on every rank."""
+    model never sees them). `before_grad_reduce(chunks)`: called on every rank right before the data-parallel
+    reduction (see `_finalize_grads`). Returns the mean loss over micro-batches and data-parallel ranks, on every
+    rank."""
     chunks = list(pmodel.chunks)
-    finalize = lambda *args, **kwargs: _finalize_grads(chunks, pmodel.layout)  # noqa: E731
+    finalize = lambda *args, **kwargs: _finalize_grads(chunks, pmodel.layout, before_grad_reduce)  # noqa: E731
     for chunk in chunks:
         chunk.zero_grad_buffer()
         chunk.config.finalize_model_grads_func = finalize  # the schedule reads the DDP wrapper's config

@@ -79,3 +79,89 @@ class AdaptiveGradClip:
     def load_state_dict(self, state: dict) -> None:
         self.ema, self.var = float(state["ema"]), float(state["var"])
         self.started, self.counts = bool(state["started"]), dict(state["counts"])
+
+
+# ---------------------------------------------------------------------------------------------------- v1.3 rank drop
+@dataclass
+class RankDropDecision:
+    """One step's per-rank verdict: the local gradient norms of the N data-parallel ranks (before the reduction),
+    the ranks whose gradient is zeroed, the factor N/M on the M survivors (0 when none survives) and the bound."""
+    norms: list
+    dropped: list
+    scale: float
+    threshold: float
+
+    @property
+    def all_dropped(self) -> bool:
+        return len(self.dropped) == len(self.norms)
+
+
+@dataclass
+class RankOutlierDrop:
+    """The Open-Sora Plan v1.3 paper's per-rank outlier drop, applied to each data-parallel rank's own gradient
+    right before the data-parallel reduction.
+
+    With `gn_i` the norm of rank i's local gradient: rank i's gradient is zeroed when `gn_i - ema > 3 sqrt(var)`
+    (or `gn_i` is not finite), and the M survivors are multiplied by N/M, so the reduced gradient is the mean over
+    the survivors. The statistics follow the maximum over ranks, `m = max_i gn_i` taken over the ranks kept (all of
+    them when none is dropped, so a dropped spike does not inflate the EMA): `ema <- d ema + (1 - d) m`, then
+    `var <- d var + (1 - d) (ema - m)^2` with the updated ema (the v1.5 rule's order), d = 0.99. The paper gives
+    no start: the first step starts `ema = 3 max_i gn_i`, `var = 0` (the v1.5 rule's 3x headroom, without its
+    absolute cap), so nothing is dropped on it. Every rank gathers the same N norms and takes the same decision,
+    so the statistics are identical everywhere.
+
+    The statistics change only when the step is applied (`commit`), never on a skipped step. When every rank is
+    an outlier there is nothing to average: the step is skipped like a non-finite one (counted in `all_dropped`,
+    logged, and counted by the skip guard, which stops the run after too many in a row).
+    """
+    decay: float = 0.99
+    sigmas: float = 3.0
+    start_factor: float = 3.0
+    ema: float = 0.0
+    var: float = 0.0
+    started: bool = False
+    counts: dict = field(default_factory=lambda: {"steps_with_drops": 0, "ranks_dropped": 0, "all_dropped": 0})
+
+    def __post_init__(self):
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"rank outlier drop decay must be in (0, 1), got {self.decay}")
+        self._pending = None
+
+    def decide(self, norms) -> RankDropDecision:
+        """The verdict for the gathered per-rank norms; the new statistics wait for `commit`."""
+        norms = [float(n) for n in norms]
+        finite = [n for n in norms if math.isfinite(n)]
+        ema, var = (self.ema, self.var) if self.started else ((self.start_factor * max(finite), 0.0) if finite
+                                                                else (math.inf, 0.0))
+        bound = self.sigmas * math.sqrt(var)
+        dropped = [i for i, n in enumerate(norms) if not math.isfinite(n) or n - ema > bound]
+        kept = [n for i, n in enumerate(norms) if i not in dropped]
+        self._pending = None
+        if kept:
+            m = max(kept)
+            new_ema = self.decay * ema + (1 - self.decay) * m
+            new_var = self.decay * var + (1 - self.decay) * (new_ema - m) ** 2
+            self._pending = (new_ema, new_var, len(dropped))
+        return RankDropDecision(norms, dropped, len(norms) / len(kept) if kept else 0.0, ema + bound)
+
+    def commit(self) -> None:
+        """The step of the last decision was applied: take its statistics in."""
+        if self._pending is None:
+            return
+        self.ema, self.var, dropped = self._pending
+        self.started, self._pending = True, None
+        if dropped:
+            self.counts["steps_with_drops"] += 1
+            self.counts["ranks_dropped"] += dropped
+
+    def note_all_dropped(self) -> None:
+        self.counts["all_dropped"] += 1
+        self._pending = None
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "var": self.var, "started": self.started, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.var = float(state["ema"]), float(state["var"])
+        self.started, self.counts = bool(state["started"]), dict(state["counts"])
+        self._pending = None

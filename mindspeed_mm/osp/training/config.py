@@ -1,5 +1,5 @@
-"""The `osp train` JSON config: sections model, data, diffusion, optimizer, parallel, checkpoint, logging, plus
-`steps` and `seed` at the top level.
+"""The `osp train` JSON config: sections model, data, diffusion, optimizer, parallel, checkpoint, logging, sampling,
+plus `steps` and `seed` at the top level.
 
     config = load_config("examples/train/osp15_suv_tiny.json", overrides=["optimizer.lr=2e-4", "steps=50"])
 
@@ -85,6 +85,7 @@ class OptimizerConfig:
     adaptive_max_init: float = 1.0
     adaptive_extreme_floor: float = 5.0
     on_extreme: str = "skip"          # adaptive clipping above the extreme bound: "skip", "clip" or "stop"
+    rank_outlier_drop: bool = False   # v1.3: zero an outlier data-parallel rank's gradient before the reduction
     ema: bool = True
     ema_decay: float = 0.9999
     ema_warmup: str = "v1.5"
@@ -115,6 +116,24 @@ class LoggingConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """Periodic sampling to mp4 during training (rank 0; `training/sampling.py`). Off while `every` is 0."""
+    every: int = 0                    # sample every N steps (never at step 0); 0: no sampling
+    prompts: list = field(default_factory=list)
+    seed: int = 0                     # prompt i uses seed + i
+    ema: bool = True                  # the EMA weights when the run keeps an EMA, else the trained ones
+    num_frames: int = 17
+    height: int = 256
+    width: int = 256
+    steps: int = 10                   # denoising steps
+    guidance_scale: Optional[float] = None      # None: the version's default (v1.5 7.0, v1.3 7.5)
+    guidance_rescale: Optional[float] = None    # None: the version's default (v1.5 0.7, v1.3 0.0)
+    fps: Optional[int] = None         # None: the version's default (v1.5 24, v1.3 18)
+    template: Optional[str] = None    # prompt template ("v1.5", "v1.3", "none"); None: the model version's
+    shift: float = 7.0                # v1.5 flow sampler's sigma shift
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -123,6 +142,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     steps: int = 1000                 # optimizer steps of the whole run
     seed: int = 0                     # model init, data order, noise
 
@@ -274,12 +294,16 @@ def check(config: TrainConfig) -> None:
                         f"{d.micro_batch_size}")
     if o.clip not in CLIP_MODES:
         problems.append(f"optimizer.clip must be one of {CLIP_MODES}, got {o.clip!r}")
+    if o.rank_outlier_drop and p.context > 1:
+        problems.append("optimizer.rank_outlier_drop needs parallel.context 1 (a context-parallel rank holds only "
+                        "part of its replica's gradient before the reduction, so its own norm means nothing)")
     if o.clip == "fixed" and not o.max_grad_norm > 0:
         problems.append(f"optimizer.max_grad_norm must be > 0 with clip='fixed', got {o.max_grad_norm}")
     if not o.lr > 0 or o.min_lr < 0 or o.weight_decay < 0 or not o.eps > 0:
         problems.append("need optimizer.lr > 0, optimizer.eps > 0, optimizer.min_lr >= 0 and weight_decay >= 0")
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         problems.append(f"optimizer.betas must be two values in [0, 1), got {o.betas}")
+    problems += _sampling_problems(config)
     if problems:
         raise ConfigError("bad training config:\n  - " + "\n  - ".join(problems))
     # the component configs check their own values
@@ -290,6 +314,55 @@ def check(config: TrainConfig) -> None:
         clip_of(config)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad training config: {e}") from e
+
+
+SAMPLING_MODULES = ("vae", "text_encoder", "tokenizer")
+
+
+def sampling_modules_missing(config: TrainConfig) -> list:
+    """The model.* entries periodic sampling needs but the config does not name."""
+    m = config.model
+    missing = [k for k in SAMPLING_MODULES if getattr(m, k) is None]
+    if m.version == "v1.5":
+        missing += [k for k in ("text_encoder_2", "tokenizer_2") if getattr(m, k) is None]
+    return missing
+
+
+def _sampling_problems(config: TrainConfig) -> list:
+    from mindspeed_mm.osp.text import TEMPLATES
+
+    s, p = config.sampling, config.parallel
+    if s.every < 0:
+        return [f"sampling.every must be >= 0 (0: no sampling), got {s.every}"]
+    if s.every == 0:
+        return []
+    problems = []
+    if not s.prompts or not all(isinstance(x, str) and x.strip() for x in s.prompts):
+        problems.append("sampling.every > 0 needs sampling.prompts, a list of non-empty prompt strings")
+    if s.steps < 1 or s.num_frames < 1 or s.height < 2 or s.width < 2 or s.seed < 0:
+        problems.append("sampling.steps, num_frames must be >= 1, height, width >= 2 and seed >= 0")
+    if s.height % 2 or s.width % 2:
+        problems.append(f"sampling.height x width {s.height}x{s.width}: mp4 (yuv420p) needs even sizes")
+    if s.guidance_scale is not None and s.guidance_scale < 0 or s.fps is not None and s.fps < 1:
+        problems.append("sampling.guidance_scale must be >= 0 and sampling.fps >= 1")
+    if s.template is not None and s.template not in TEMPLATES:
+        problems.append(f"sampling.template {s.template!r}: choose one of {sorted(TEMPLATES)}")
+    if not s.shift > 0:
+        problems.append(f"sampling.shift must be > 0, got {s.shift}")
+    if p.tensor * p.pipeline * p.context > 1:
+        problems.append("periodic sampling (sampling.every > 0) needs a single-rank model layout (parallel.tensor, "
+                        "pipeline and context all 1; data parallel is fine): it samples on rank 0 from its whole "
+                        "replica. Under model parallelism set sampling.every=0 and sample checkpoints with "
+                        "`osp convert dit --to pipeline RUN DIR --ema` + `osp sample`")
+    if config.i2v:
+        problems.append("periodic sampling is text-to-video; an I2V (diffusion.inpaint) run has no conditioning "
+                        "frames to sample from: set sampling.every=0")
+    missing = sampling_modules_missing(config)
+    if missing:
+        problems.append(f"periodic sampling decodes with the run's VAE and encodes prompts with its text encoders, "
+                        f"but the config names no model.{', model.'.join(missing)}; a run on a feature cache must "
+                        "name the VAE and text encoders the cache was extracted with (or set sampling.every=0)")
+    return problems
 
 
 def data_parallel_size(config: TrainConfig, world_size: int) -> int:
@@ -350,6 +423,13 @@ def clip_of(config: TrainConfig):
     return o.max_grad_norm if o.clip == "fixed" else None
 
 
+def rank_drop_of(config: TrainConfig):
+    """A fresh RankOutlierDrop when optimizer.rank_outlier_drop is set, else None."""
+    from mindspeed_mm.osp.training.clipping import RankOutlierDrop
+
+    return RankOutlierDrop() if config.optimizer.rank_outlier_drop else None
+
+
 def check_files(config: TrainConfig) -> None:
     """The paths the run reads exist (before any allocation)."""
     from mindspeed_mm.osp.dit.loading import PRESET_DIR
@@ -365,7 +445,7 @@ def check_files(config: TrainConfig) -> None:
         missing.append(f"model.transformer {m.transformer} (neither a config JSON nor a preset in {PRESET_DIR})")
     if m.pretrained is not None and not Path(m.pretrained).exists():
         missing.append(f"model.pretrained {m.pretrained}")
-    if d.cache is None:
+    if d.cache is None or config.sampling.every > 0:
         if m.vae is not None and not ((Path(m.vae) / "config.json").is_file()
                                       or (PRESET_DIR / f"wfvae_{m.vae}.json").is_file()):
             missing.append(f"model.vae {m.vae} (neither a WF-VAE folder with config.json nor a preset)")
@@ -373,5 +453,10 @@ def check_files(config: TrainConfig) -> None:
             value = getattr(m, key)
             if value not in (None, TINY) and not Path(value).is_dir():
                 missing.append(f"model.{key} {value}")
+    if config.sampling.every > 0:
+        try:
+            import av  # noqa: F401  (the mp4 writer)
+        except ImportError:
+            missing.append("PyAV, which periodic sampling (sampling.every > 0) writes mp4 with: pip install av")
     if missing:
         raise ConfigError("missing input(s):\n  - " + "\n  - ".join(missing))

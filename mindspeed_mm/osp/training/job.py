@@ -1,13 +1,14 @@
 """The `osp train` job: config -> checks -> process groups -> data -> model -> resume -> guarded steps.
 
 Output folder: `config.json` (the resolved config of the run), `metrics.jsonl` (one record per logged step),
-`tensorboard/` (when installed), `checkpoints/iter_XXXXXXX` (+ `latest`).
+`tensorboard/` (when installed), `checkpoints/iter_XXXXXXX` (+ `latest`), `samples/step_XXXXXXX/NN.mp4` (periodic
+sampling, `training/sampling.py`).
 
 Every random draw of a step comes from (seed, step, sample index) or (seed, epoch, item): noise, sigmas and
 timesteps (objectives.py), the posterior sample of raw media and of cached latents, captions and I2V masks. A
 checkpoint holds weights, Adam state, LR schedule, EMA (sharded) and its update count, clip statistics, skip
-counters and the sampler position, so a run killed at any moment and resumed from its last checkpoint repeats the
-steps after it exactly (kill -9 included). SIGTERM/SIGINT: the current step finishes, a checkpoint is written, the
+counters, the per-rank outlier drop's statistics and the sampler position, so a run killed at any moment and
+resumed from its last checkpoint repeats the steps after it exactly (kill -9 included). SIGTERM/SIGINT: the current step finishes, a checkpoint is written, the
 run exits 0 and prints the command that resumes it.
 """
 from __future__ import annotations
@@ -26,14 +27,14 @@ import torch
 
 from mindspeed_mm.osp.training.config import (
     TINY, ConfigError, TrainConfig, accumulation_steps, bucket_config, check_files, clip_of, inpaint_config,
-    sample_config,
+    rank_drop_of, sample_config,
 )
 
 CHECKPOINTS = "checkpoints"
 RESOLVED_CONFIG = "config.json"
 # may differ between a checkpoint's run and its resumption (nothing else may)
 RESUMABLE_CHANGES = ("steps", "checkpoint.", "logging.", "parallel.", "data.num_workers", "data.micro_batch_size",
-                     "model.recompute", "model.vae_chunk_frames")
+                     "model.recompute", "model.vae_chunk_frames", "sampling.")
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -51,6 +52,10 @@ def check_resume_config(saved: dict, config, resumable=RESUMABLE_CHANGES) -> Non
     """A resumed run trains what its checkpoint trained: only the `resumable` keys (layout, length, logging; a
     trailing dot names a section) may change."""
     old, new = _flat(saved), _flat(config.to_dict())
+    # keys added since the checkpoint's run was written: it ran with their defaults
+    for key, value in _flat(type(config)().to_dict()).items():
+        if key not in old and not any(k.startswith(key + ".") for k in old):
+            old[key] = value
     differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
               and not any(k == c or (c.endswith(".") and k.startswith(c)) for c in resumable)]
     if differ:
@@ -359,7 +364,7 @@ class TrainingState:
 
 
 def _save(pmodel, optimizer, output: Path, state: TrainingState, config: TrainConfig, model_config: dict, *,
-          sampler_state: dict, clip, ema, guard, health) -> str:
+          sampler_state: dict, clip, ema, guard, health, rank_drop=None) -> str:
     from mindspeed_mm.osp import parallel
     from mindspeed_mm.osp.training.clipping import AdaptiveGradClip
     from mindspeed_mm.osp.training.runlog import prune_checkpoints
@@ -368,6 +373,7 @@ def _save(pmodel, optimizer, output: Path, state: TrainingState, config: TrainCo
              "guard": guard.state_dict(), "health": health.state_dict(), "config": config.to_dict(),
              "model_config": model_config,
              "clip": clip.state_dict() if isinstance(clip, AdaptiveGradClip) else None,
+             "rank_drop": rank_drop.state_dict() if rank_drop is not None else None,
              "ema": ema.state_dict() if ema is not None else None}
     tensors = {"ema": ema.local_tensors()} if ema is not None else None
     path = parallel.save_checkpoint(pmodel, optimizer, str(output / CHECKPOINTS), state.step, extra, tensors)
@@ -386,7 +392,7 @@ def make_task(config: TrainConfig):
     return VPredictionTask(VPredictionObjective(d.snr_gamma))
 
 
-def restore(checkpoint: Path, pmodel, optimizer, data: DataSide, clip, ema, guard) -> TrainingState:
+def restore(checkpoint: Path, pmodel, optimizer, data: DataSide, clip, ema, guard, rank_drop=None) -> TrainingState:
     """Load a checkpoint into the run's parts (under any layout); returns the step and samples it had reached."""
     from mindspeed_mm.osp import parallel
     from mindspeed_mm.osp.training.clipping import AdaptiveGradClip
@@ -398,6 +404,8 @@ def restore(checkpoint: Path, pmodel, optimizer, data: DataSide, clip, ema, guar
     guard.load_state_dict(extra["guard"])
     if isinstance(clip, AdaptiveGradClip) and extra["clip"] is not None:
         clip.load_state_dict(extra["clip"])
+    if rank_drop is not None and extra.get("rank_drop") is not None:
+        rank_drop.load_state_dict(extra["rank_drop"])
     if ema is not None:
         ema.load_local_tensors(resumed.tensors["ema"])
         ema.load_state_dict(extra["ema"])
@@ -420,6 +428,8 @@ def train(config: TrainConfig, output: Path, resume: str = "auto", resume_comman
         saved = dist_checkpointing.load_common_state_dict(resolve(str(checkpoint)))
         check_resume_config(saved["extra"]["config"], config)
     vae_factors = vae_factors_of(config)
+    from mindspeed_mm.osp.training.sampling import check_sampling_geometry
+    check_sampling_geometry(config, vae_factors[0])
 
     device, created = init_distributed()
     try:
@@ -457,13 +467,13 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
                                         lr_decay_style=o.decay_style, min_lr=o.min_lr,
                                         bf16=config.model.dtype == "bf16")
     ema = ShardedEMA(pmodel, optimizer, o.ema_decay, o.ema_warmup) if o.ema else None
-    clip = clip_of(config)
+    clip, rank_drop = clip_of(config), rank_drop_of(config)
     guard = NonFiniteGuard(o.max_skipped_in_a_row)
     encoders = build_encoders(config, device) if config.data.cache is None else None
     task = make_task(config)
     state = TrainingState()
     if checkpoint is not None:
-        state = restore(checkpoint, pmodel, optimizer, data, clip, ema, guard)
+        state = restore(checkpoint, pmodel, optimizer, data, clip, ema, guard, rank_drop)
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         (output / RESOLVED_CONFIG).write_text(json.dumps(config.to_dict(), indent=1) + "\n")
@@ -475,6 +485,8 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
                   "steps=N to train further")
         return 0
 
+    from mindspeed_mm.osp.training.sampling import build_sampler
+    previews = build_sampler(config, model_config, output, device, rank, encoders)
     _, model_cfg = model_spec(config, model_config)
     data.flops_per_sample = lambda inputs: training_flops(  # noqa: E731
         model_cfg, inputs["hidden_states"].shape[1:], inputs["encoder_hidden_states"].shape[1],
@@ -501,7 +513,7 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
                                                       first_index=dp_rank * per_rank, dp_rank=dp_rank,
                                                       dp_size=dp_size, device=device, encoders=encoders)
                     result = training_step(pmodel, optimizer, loss_fn, inputs, loss_inputs,
-                                           num_microbatches=accumulation, clip=clip, ema=ema)
+                                           num_microbatches=accumulation, clip=clip, ema=ema, rank_drop=rank_drop)
                     state.step += 1
                     state.consumed_samples += config.data.global_batch_size
                     seconds = time.perf_counter() - tick
@@ -509,6 +521,11 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
                     if not result.applied:
                         log.message(f"step {state.step}: {result.action} (loss {result.loss}); skipped "
                                     f"{guard.in_a_row} in a row, {guard.total} in all")
+                    elif result.rank_drop is not None and result.rank_drop.dropped:
+                        log.message(f"step {state.step}: dropped the gradients of data-parallel rank(s) "
+                                    f"{result.rank_drop.dropped} (local norms {result.rank_drop.norms}, bound "
+                                    f"{result.rank_drop.threshold:.4g}); the others were scaled by "
+                                    f"{result.rank_drop.scale:.4g}")
                     entry = _metrics(result, state, data, int(batch["bucket"][0]), seconds, config, inputs, peak,
                                      guard.total, world)
                     log.record(entry, state.step % config.logging.every == 0 or not result.applied)
@@ -517,9 +534,11 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
                     if stop_now or state.step % config.checkpoint.every == 0 or state.step >= config.steps:
                         path = _save(pmodel, optimizer, output, state, config, model_config,
                                      sampler_state=data.sampler.state_dict(consumed_in_iter), clip=clip, ema=ema,
-                                     guard=guard, health=data.health)
+                                     guard=guard, health=data.health, rank_drop=rank_drop)
                         saved_at = state.step
                         log.message(f"step {state.step}: checkpoint {path}")
+                    if previews is not None:
+                        previews.maybe_sample(state.step, pmodel, ema, log)
                     if stop_now:
                         stopped = stop.signal or signal.SIGTERM
                     if stopped is not None or state.step >= config.steps:
@@ -579,6 +598,9 @@ def _metrics(result, state: TrainingState, data: DataSide, bucket: int, seconds:
              "samples_per_s": samples / seconds, "tokens_per_s": samples * data.tokens[bucket] / seconds}
     if result.clipped_norm is not None:
         entry["clipped_norm"] = result.clipped_norm
+    if result.rank_drop is not None:
+        entry["rank_grad_norms"] = result.rank_drop.norms
+        entry["dropped_ranks"] = result.rank_drop.dropped
     if peak:
         entry["mfu"] = samples * data.flops_per_sample(inputs) / seconds / (peak * world)
     return entry
