@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "mindspeed_mm.osp.ops.adavg",
     "mindspeed_mm.osp.convert.cli",
     "mindspeed_mm.osp.training.cli",
+    "mindspeed_mm.osp.download",
     "mindspeed_mm.osp.sample",
     "mindspeed_mm.osp.eval.cli",
     "mindspeed_mm.osp.parallel.commands",

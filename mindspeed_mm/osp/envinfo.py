@@ -23,7 +23,8 @@ OPTIONAL = {
     "diffusers": ("diffusers", "sample", "the v1.3 sampler (osp sample of v1.3 models)"),
     "megatron": ("megatron-core", "megatron", "the parallel engine: osp train, osp sample --tp/--cp, osp convert "
                                               "dit from/to training checkpoints"),
-    "huggingface_hub": ("huggingface_hub", "convert", "sharded safetensors in diffusers and pipeline folders"),
+    "huggingface_hub": ("huggingface_hub", "convert", "osp download, and sharded safetensors in diffusers and "
+                                                       "pipeline folders"),
     "PIL": ("pillow", "sample", "images: osp sample --image, image datasets, osp data make-shapes --images"),
     "mindspore": ("mindspore", "mindspore", "the MindSpore WF-VAE and osp convert mindspore"),
     "scenedetect": ("scenedetect-headless", "curate", "jump-cut detection of osp data curate (PySceneDetect)"),

@@ -135,6 +135,9 @@ def run_make_pipeline(args: argparse.Namespace) -> int:
 
     from mindspeed_mm.osp.dit.loading import UntrustedPickleError, untrusted_pickle
     from .pipelines import assemble_pipeline
+    from .progress import stage_printer, wrote
+
+    log = stage_printer("make-pipeline")
 
     if Path(args.output).exists() and not args.overwrite:
         raise SystemExit(f"error: {args.output} exists; pass --overwrite or choose another --output")
@@ -142,7 +145,8 @@ def run_make_pipeline(args: argparse.Namespace) -> int:
     try:
         pipe = assemble_pipeline(args.version, args.transformer, args.vae, args.text_encoder, args.tokenizer,
                                  args.text_encoder_2, args.tokenizer_2, args.transformer_config,
-                                 dtype=getattr(torch, DTYPES[args.dtype]))
+                                 dtype=getattr(torch, DTYPES[args.dtype]), log=log)
+        log(f"writing the pipeline folder {args.output} (transformer shards of at most {args.max_shard_size})")
         folder = pipe.save_pretrained(args.output, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     except UntrustedPickleError as err:  # the denoiser (dit.loading)
         raise SystemExit(f"error: {err.describe(_untrusted_pickle_fix('--transformer', err.path))}")
@@ -155,7 +159,7 @@ def run_make_pipeline(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: problem: --vae {args.vae} is a damaged torch checkpoint; fix: re-download "
                              "or re-export it")
         raise SystemExit(f"error: {err}")
-    print(f"wrote {folder} ({args.version}, {args.dtype}); sample with: osp sample --model {folder} --prompt ...")
+    print(f"{wrote(folder, f'{args.version}, {args.dtype}')}; sample with: osp sample --model {folder} --prompt ...")
     return 0
 
 

@@ -33,22 +33,30 @@ def pick_config(config, version: str, source_config):
 
 def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=None, pp_layers=None,
             names: str = "mm", ema: bool = False, trust_pickle: bool = False, max_shard_size="5GB",
-            config=None, overwrite: bool = False, sampling=None) -> Path:
+            config=None, overwrite: bool = False, sampling=None, log=None) -> Path:
+    """Convert `src` to the `to` layout at `dst`; `log(message)` hears one line per stage (default: silent)."""
     from mindspeed_mm.osp.files import check_target
+    from mindspeed_mm.osp.progress import quiet
     from mindspeed_mm.osp.convert.megatron import check_against_config, structural_model, write_megatron
     from mindspeed_mm.osp.dit.loading import diffusers_config, read_checkpoint, write_diffusers_folder
     if to not in TARGETS:
         raise ValueError(f"--to {to!r}: choose one of {TARGETS}")
     dst = Path(dst)
+    log = log or quiet
     if to == "pipeline":
         from mindspeed_mm.osp.training.export import export_pipeline, is_training_checkpoint
         if not is_training_checkpoint(src):
             raise ValueError(f"--to pipeline takes an `osp train` run or checkpoint; {src} is not one (for released "
                              "weights, assemble one with `osp make-pipeline`)")
+        log(f"reading the training checkpoint {src}{' (EMA weights)' if ema else ''} and writing a pipeline folder")
         return export_pipeline(src, dst, ema=ema, overwrite=overwrite, max_shard_size=max_shard_size,
                                sampling=sampling)
     check_target(dst, overwrite)  # before reading a large checkpoint
+    log(f"reading {src}")
     version, state_dict, source_config = read_checkpoint(src, version=version, ema=ema, trust_pickle=trust_pickle)
+    n_values = sum(v.numel() for v in state_dict.values())
+    log(f"converting {len(state_dict)} tensors ({n_values / 1e6:.1f}M values, {version[:2]}.{version[2:]} "
+        f"{'SUV' if version == 'v15' else 'Skiparse DiT'}) to the {to} layout")
     explicit = config is not None or source_config is not None
     config = pick_config(config, version, source_config)
     if explicit or to == "diffusers":
@@ -57,11 +65,15 @@ def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=No
                              "preset such as osp13_t2v_2b / osp13_i2v_2b) to write a diffusers folder")
         check_against_config(version, state_dict, config)
     if to == "megatron":
+        log(f"writing {tp * pp} rank file(s) (TP {tp} x PP {pp}{f' x VPP {vpp}' if vpp else ''}) to {dst}")
         return write_megatron(state_dict, version, dst, tp=tp, pp=pp, vpp=vpp, pp_layers=pp_layers, names=names,
                               overwrite=overwrite)
     if to == "diffusers":
         model = structural_model(version, state_dict, config)
+        limit = f"{max_shard_size} bytes" if isinstance(max_shard_size, int) else max_shard_size
+        log(f"writing safetensors shards of at most {limit} to {dst}")
         return write_diffusers_folder(diffusers_config(model), state_dict, dst, max_shard_size, overwrite)
+    log(f"writing {dst}")
     return _write_file(state_dict, dst)
 
 
@@ -115,6 +127,7 @@ def _counts(text: str) -> list:
 
 def run(args) -> int:
     from mindspeed_mm.osp.files import read_json_object
+    from mindspeed_mm.osp.progress import stage_printer, wrote
 
     if args.sampling is not None and args.to != "pipeline":
         print("osp convert dit: error: --sampling applies to --to pipeline only", file=sys.stderr)
@@ -124,9 +137,10 @@ def run(args) -> int:
         out = convert(args.src, args.dst, args.to, version=args.model, tp=args.tp, pp=args.pp, vpp=args.vpp,
                       pp_layers=args.pp_layers, names=args.names, ema=args.ema, trust_pickle=args.trust_pickle,
                       max_shard_size=shard, config=args.config, overwrite=args.overwrite,
-                      sampling=None if args.sampling is None else read_json_object(args.sampling, "--sampling"))
+                      sampling=None if args.sampling is None else read_json_object(args.sampling, "--sampling"),
+                      log=stage_printer("convert dit"))
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"osp convert dit: error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    print(wrote(out))
     return 0

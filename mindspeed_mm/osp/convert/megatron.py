@@ -408,17 +408,17 @@ def write_megatron(state_dict: StateDict, version: str, out_dir, *, tp: int = 1,
         per_chunk = [[v13_to_mm(s) for s in shards] for shards in per_chunk]
 
     def write(tmp: Path) -> None:
+        from mindspeed_mm.osp.progress import bar
         (tmp / "release").mkdir()
-        for p in range(pp):
-            for t in range(tp):
-                folder = tmp / "release" / _rank_name(t, p if pp > 1 else None)
-                folder.mkdir()
-                if vpp is None:
-                    obj = {"model": per_chunk[p][t]}
-                else:
-                    obj = {f"model{v}": per_chunk[v * pp + p][t] for v in range(vpp)}
-                    obj["checkpoint_version"] = 3.0
-                torch.save(obj, folder / WEIGHTS)
+        for p, t in bar([(p, t) for p in range(pp) for t in range(tp)], desc="writing rank files", unit="file"):
+            folder = tmp / "release" / _rank_name(t, p if pp > 1 else None)
+            folder.mkdir()
+            if vpp is None:
+                obj = {"model": per_chunk[p][t]}
+            else:
+                obj = {f"model{v}": per_chunk[v * pp + p][t] for v in range(vpp)}
+                obj["checkpoint_version"] = 3.0
+            torch.save(obj, folder / WEIGHTS)
         (tmp / TRACKER).write_text("release")
 
     replace_dir(out, write)

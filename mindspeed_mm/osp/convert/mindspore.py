@@ -154,18 +154,24 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    from mindspeed_mm.osp.progress import stage_printer, wrote
+
+    log = stage_printer("convert mindspore")
     src, dst, overwrite = args.src, args.dst, getattr(args, "overwrite", False)
     if not os.path.exists(src):
         raise FileNotFoundError(f"problem: {src} does not exist; fix: check the path")
     if os.path.isdir(src):
+        log(f"reading the WF-VAE folder {src} and writing config.json + model.ckpt to {dst}")
         cfg, ckpt = wfvae_to_ckpt(src, dst, overwrite=overwrite)
-        print(f"wrote {cfg} and {ckpt}")
+        print(f"wrote {cfg} and {wrote(ckpt)[len('wrote '):]}")
     elif src.endswith(".safetensors") and dst.endswith(".ckpt"):
+        log(f"reading {src} and writing the MindSpore checkpoint {dst}")
         safetensors_to_ckpt(src, dst, overwrite=overwrite)
-        print(f"wrote {dst}")
+        print(wrote(dst))
     elif src.endswith(".ckpt") and dst.endswith(".safetensors"):
+        log(f"reading {src} and writing the safetensors file {dst}")
         ckpt_to_safetensors(src, dst, overwrite=overwrite)
-        print(f"wrote {dst}")
+        print(wrote(dst))
     else:
         raise SystemExit(f"osp convert mindspore: cannot convert {src!r} to {dst!r}; use .safetensors -> .ckpt, "
                          ".ckpt -> .safetensors, or a WF-VAE folder -> a folder")

@@ -60,32 +60,41 @@ def _check_keys(cfg, weights) -> None:
 
 
 def official_to_osp(src, dst, overwrite: bool = False, config: Optional[dict] = None,
-                    weights_only: bool = True) -> Path:
-    """Official checkpoint -> our directory (config.json + model.safetensors)."""
+                    weights_only: bool = True, log=None) -> Path:
+    """Official checkpoint -> our directory (config.json + model.safetensors). `log(message)`: one line per stage."""
     from safetensors.torch import save_file
 
+    from mindspeed_mm.osp.progress import quiet
     from mindspeed_mm.osp.vae.official import CONFIG_FILE, WEIGHTS_FILE, folder_config
     dst = Path(dst)
+    log = log or quiet
     _check_target(dst, overwrite)
+    log(f"reading {src}")
     cfg, weights = read_official(src, config, weights_only)
+    log(f"converting {len(weights)} tensors (WF-VAE, latent_dim {cfg.latent_dim}) to the osp layout")
     meta = folder_config(cfg)
     tensors = {k: v.contiguous() for k, v in weights.items()}
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    log(f"writing {WEIGHTS_FILE} and {CONFIG_FILE} to {dst}")
     replace_dir(dst, write)
     return dst
 
 
-def osp_to_official(src, dst, overwrite: bool = False) -> Path:
-    """Our directory -> official directory (config.json + merged.ckpt) or a single checkpoint file."""
+def osp_to_official(src, dst, overwrite: bool = False, log=None) -> Path:
+    """Our directory -> official directory (config.json + merged.ckpt) or a single checkpoint file.
+    `log(message)`: one line per stage."""
     import torch
     from safetensors.torch import save_file
 
     from mindspeed_mm.osp.dit.loading import load_tensor_file
+    from mindspeed_mm.osp.progress import quiet
     from mindspeed_mm.osp.vae.official import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, config_from_json
     src, dst = Path(src), Path(dst)
+    log = log or quiet
+    log(f"reading {src}")
     if not src.exists():
         raise FileNotFoundError(f"problem: {src} does not exist; fix: check the path")
     meta = json.loads((src / CONFIG_FILE).read_text()) if (src / CONFIG_FILE).is_file() else {}
@@ -93,8 +102,10 @@ def osp_to_official(src, dst, overwrite: bool = False) -> Path:
     if cfg is None:
         raise ValueError(f"{src} is not a mindspeed_mm.osp WF-VAE directory (config.json with format {FORMAT_NAME!r})")
     weights = load_tensor_file(src / WEIGHTS_FILE)
+    log(f"converting {len(weights)} tensors (WF-VAE, latent_dim {cfg.latent_dim}) to the official layout")
     _check_keys(cfg, weights)
     _check_target(dst, overwrite)
+    log(f"writing {dst}")
     if dst.suffix in FILE_SUFFIXES:
         if dst.suffix == ".safetensors":
             replace_file(dst, lambda tmp: save_file(weights, tmp))
@@ -137,13 +148,16 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    from mindspeed_mm.osp.progress import stage_printer, wrote
+
+    log = stage_printer("convert wfvae")
     if args.to == "osp":
         config = json.loads(Path(args.config).read_text()) if args.config else None
         out = official_to_osp(args.src, args.dst, overwrite=args.overwrite, config=config,
-                              weights_only=not args.unsafe_pickle)
+                              weights_only=not args.unsafe_pickle, log=log)
     else:
         if args.config:
             raise SystemExit("--config applies to --to osp only")
-        out = osp_to_official(args.src, args.dst, overwrite=args.overwrite)
-    print(f"wrote {out}")
+        out = osp_to_official(args.src, args.dst, overwrite=args.overwrite, log=log)
+    print(wrote(out))
     return 0

@@ -339,7 +339,7 @@ def write_diffusers_folder(config: dict, state_dict: dict, folder: PathLike, max
     diffusion_pytorch_model[-0000X-of-0000N].safetensors (+ .index.json when sharded), via huggingface_hub."""
     from mindspeed_mm.osp.files import check_target, replace_dir
     try:
-        from huggingface_hub import save_torch_state_dict
+        import huggingface_hub  # noqa: F401  (the shard split of write_safetensors_shards)
     except ImportError:
         raise ImportError("writing diffusers folders needs huggingface_hub: pip install 'mindspeed-mm-osp[convert]'")\
             from None
@@ -349,12 +349,41 @@ def write_diffusers_folder(config: dict, state_dict: dict, folder: PathLike, max
     check_target(folder, overwrite)
 
     def write(tmp: Path) -> None:
-        save_torch_state_dict({k: v.detach().cpu() for k, v in state_dict.items()}, tmp,
-                              filename_pattern=DIFFUSERS_WEIGHTS_PATTERN, max_shard_size=max_shard_size)
+        write_safetensors_shards(state_dict, tmp, DIFFUSERS_WEIGHTS_PATTERN, max_shard_size)
         (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
     replace_dir(folder, write)
     return folder
+
+
+def write_safetensors_shards(state_dict: dict, folder: Path, filename_pattern: str, max_shard_size="5GB") -> int:
+    """Write `state_dict` as safetensors shards of at most `max_shard_size` (huggingface_hub's split and file names:
+    `filename_pattern` with `{suffix}` = "" or -0000X-of-0000N, plus `<name>.index.json` when sharded), one file at a
+    time under a progress bar. Tensors that share memory are copied apart, so every key is stored. Returns the
+    number of weights files."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    from mindspeed_mm.osp.progress import bar
+
+    tensors, seen = {}, set()
+    for name, value in state_dict.items():
+        value = value.detach().cpu().contiguous()
+        key = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes()) if value.numel() else None
+        if key is not None and key in seen:
+            value = value.clone()
+        elif key is not None:
+            seen.add(key)
+        tensors[name] = value
+    split = split_torch_state_dict_into_shards(tensors, filename_pattern=filename_pattern,
+                                               max_shard_size=max_shard_size)
+    files = split.filename_to_tensors
+    for filename, names in bar(files.items(), total=len(files), desc="writing shards", unit="file"):
+        save_file({n: tensors[n] for n in names}, str(Path(folder) / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
+        (Path(folder) / (filename_pattern.format(suffix="") + ".index.json")).write_text(json.dumps(index, indent=2))
+    return len(files)
 
 
 def read_mindspeed_checkpoint(path: PathLike, trust_pickle: bool = False, ema: bool = False) -> dict:

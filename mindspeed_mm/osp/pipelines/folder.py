@@ -66,10 +66,20 @@ def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -
         raise RuntimeError("cannot save a pipeline whose text encoders were freed")
 
     def write(tmp: Path) -> None:
-        save_transformer(pipe.transformer, tmp / "transformer", max_shard_size)
-        pipe.vae.save_pretrained(tmp / "vae")
-        pipe.text.encoder.save_pretrained(tmp / "text_encoder")
-        pipe.text.tokenizer.save_pretrained(tmp / "tokenizer")
+        from ..progress import bar
+
+        parts = [("transformer", lambda: save_transformer(pipe.transformer, tmp / "transformer", max_shard_size)),
+                 ("vae", lambda: pipe.vae.save_pretrained(tmp / "vae")),
+                 ("text_encoder", lambda: pipe.text.encoder.save_pretrained(tmp / "text_encoder")),
+                 ("tokenizer", lambda: pipe.text.tokenizer.save_pretrained(tmp / "tokenizer"))]
+        if pipe.text.pooled_encoder is not None:
+            parts += [("text_encoder_2", lambda: pipe.text.pooled_encoder.save_pretrained(tmp / "text_encoder_2")),
+                      ("tokenizer_2", lambda: pipe.text.pooled_tokenizer.save_pretrained(tmp / "tokenizer_2"))]
+        with bar(total=len(parts), desc="writing components", unit="part") as progress:
+            for name, save in parts:
+                progress.set_postfix_str(name)
+                save()
+                progress.update(1)
         index = {
             "_class_name": PIPELINE_CLASS,
             "version": pipe.version,
@@ -82,8 +92,6 @@ def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -
             "scheduler": [type(pipe.sampler).__module__.rsplit(".", 1)[0], type(pipe.sampler).__name__],
         }
         if pipe.text.pooled_encoder is not None:
-            pipe.text.pooled_encoder.save_pretrained(tmp / "text_encoder_2")
-            pipe.text.pooled_tokenizer.save_pretrained(tmp / "tokenizer_2")
             index["text_encoder_2"] = ["transformers", type(pipe.text.pooled_encoder).__name__]
             index["tokenizer_2"] = ["transformers", type(pipe.text.pooled_tokenizer).__name__]
             index["max_length_2"] = pipe.text.pooled_max_length
