@@ -59,6 +59,22 @@ def test_blocks_cover_the_output_exactly(monkeypatch, workspace):
     assert _rel_diff(whole, F.conv3d(x, weight, bias, padding=(0, 1, 1))) < REL_TOL
 
 
+def test_wide_weight_over_few_blocks_is_transformed_tap_by_tap(monkeypatch):
+    """The whole transformed weight (3 taps, 442 KB) outweighs a 400 KB workspace over 6 blocks: taps are
+    re-transformed per block instead, and the result is unchanged."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 32, 9, 21, 7, generator=gen)
+    weight, bias = torch.randn(32, 32, 3, 3, 3, generator=gen), torch.randn(32, generator=gen)
+    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 400_000)
+    assert winograd._blocks(32, 32, 3, 7, 6, 2, 4) == (7, 1)
+    taps = []
+    original = winograd.transform_weight
+    monkeypatch.setattr(winograd, "transform_weight", lambda *a, **k: taps.append(k.get("tap")) or original(*a, **k))
+    out = winograd.winograd_conv(x, weight, bias)
+    assert taps == [0, 1, 2] * 12   # 6 blocks x 2 groups of output channels (21 + 11: a tap slice <= 100 KB)
+    assert _rel_diff(out, F.conv3d(x, weight, bias, padding=(0, 1, 1))) < REL_TOL
+
+
 def test_used_only_where_it_is_valid_and_worthwhile():
     x = torch.zeros(1, 128, 3, 64, 64)
     with torch.no_grad():

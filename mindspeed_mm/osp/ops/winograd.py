@@ -17,7 +17,7 @@ import torch
 
 TILE = 4            # output tile edge m in F(m x m, 3 x 3)
 ALPHA = TILE + 2    # input tile edge
-WORKSPACE_BYTES = 64 * 2**20
+WORKSPACE_BYTES = 32 * 2**20
 # The transforms cost about as much as ~384 channel-taps of GEMM: below kt * min(Ci, Co) = 384 the direct
 # convolution is faster on CPU (measured on AVX-512, 2 threads: 3x3x3 at 128 channels 1.1-1.6x faster,
 # 3x3x3 at 64 channels and 2-D 3x3 at 128-256 channels 0.7-1.1x; docs/performance.md).
@@ -25,6 +25,9 @@ MIN_TAP_CHANNELS = 384
 # Per call the weight is transformed anew (caching it would hold 4x the conv weights: 2 GB for the v1.3 WF-VAE);
 # that and the per-frame setup pay off from about 4096 output positions (frames x height x width) per call.
 MIN_OUTPUT_POSITIONS = 4096
+# Up to this many blocks transform the weight tap by tap in every block rather than hold the whole transformed
+# weight when that is larger than the workspace (v1.3's 640-channel convs: 177 MB whole, 59 MB a tap).
+RETRANSFORM_BLOCKS = 8
 
 # Interpolation points 0, +-1, +-2 (the standard F(4, 3) matrices).
 INPUT_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -170,10 +173,16 @@ def _output_matrix(like: torch.Tensor) -> torch.Tensor:
 
 
 def _blocks(c: int, co: int, kt: int, t_out: int, ph: int, pw: int, itemsize: int) -> tuple[int, int]:
-    """(frames, tile rows) per block so the transformed input and output of a block fit WORKSPACE_BYTES.
-    All frames and as many tile rows as fit; one tile row and fewer frames when even that does not fit."""
+    """(frames, tile rows) per block. One block when its buffers and one transformed weight tap take less
+    memory than WORKSPACE_BYTES plus the whole transformed weight that several blocks need (wide layers on
+    small frames); otherwise all frames and as many tile rows as fit WORKSPACE_BYTES, or one tile row and
+    fewer frames when even that does not fit."""
     per_row = 60 * pw * itemsize  # transformed (36) + half-transformed input or output (24) per column and channel
-    rows = WORKSPACE_BYTES // (per_row * (c * (t_out + kt - 1) + co * t_out))
+    all_frames_row = per_row * (c * (t_out + kt - 1) + co * t_out)
+    tap_bytes = ALPHA * ALPHA * co * c * itemsize
+    if all_frames_row * ph + tap_bytes <= WORKSPACE_BYTES + kt * tap_bytes:
+        return t_out, ph
+    rows = WORKSPACE_BYTES // all_frames_row
     if rows >= 1:
         return t_out, min(rows, ph)
     frames = (WORKSPACE_BYTES // per_row - c * (kt - 1)) // (c + co)
@@ -186,7 +195,8 @@ def winograd_conv(x, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.T
     `x` may be a list of tensors whose concatenation along time is the input (a causal conv's repeated first
     frame or carried-over frames, never concatenated in memory). Output (B, Co, T - kt + 1, H, W); equals
     conv3d(x, w, b, padding=(0, 1, 1)) up to float rounding. The work is split into blocks of frames x tile rows
-    (`_blocks`); a single block transforms the weight one tap at a time (4x one tap, not 4x the whole kernel).
+    (`_blocks`); a single block, or a few blocks of a weight whose transform outweighs the workspace, transform
+    the weight one tap at a time (4x one tap, not 4x the whole kernel).
     """
     segments = [x] if isinstance(x, torch.Tensor) else list(x)
     b, c, _, h, w = segments[-1].shape
@@ -196,14 +206,21 @@ def winograd_conv(x, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.T
     ph, pw = -(-h // TILE), -(-w // TILE)
     frames, rows = _blocks(c, co, kt, t_out, ph, pw, segments[-1].element_size())
     blocks = [(t0, r0) for t0 in range(0, t_out, frames) for r0 in range(0, ph, rows)]
-    per_tap = b * len(blocks) == 1
-    u_size = ALPHA * ALPHA * co * c
+    # One transformed tap at a time where a single block needs each tap once, and where the whole transformed
+    # weight would outweigh the workspace and few blocks redo the taps (wide layers on one chunk's frames).
+    n_blocks = b * len(blocks)
+    per_tap = n_blocks == 1 or (kt * ALPHA * ALPHA * co * c * segments[-1].element_size() > WORKSPACE_BYTES
+                                and n_blocks <= RETRANSFORM_BLOCKS)
+    like = segments[-1]
+    # Tap by tap, the output channels go in groups whose transformed weight slice is at most a quarter of the
+    # workspace (a 640-channel tap is 59 MB whole, 15 MB in four groups).
+    group = co if not per_tap else max(1, min(co, WORKSPACE_BYTES // 4 // (ALPHA * ALPHA * c * like.element_size())))
+    u_size = ALPHA * ALPHA * group * c
     n_in, tiles = frames + kt - 1, rows * pw
-    _SCRATCH.reserve(segments[-1], u=u_size * (1 if per_tap else kt), v=ALPHA * ALPHA * c * n_in * tiles,
-                     m=ALPHA * ALPHA * co * frames * tiles, y=TILE * TILE * co * frames * tiles,
+    _SCRATCH.reserve(like, u=u_size * (1 if per_tap else kt), v=ALPHA * ALPHA * c * n_in * tiles,
+                     m=ALPHA * ALPHA * group * frames * tiles, y=TILE * TILE * group * frames * tiles,
                      pad=c * n_in * (TILE * rows + 2) * (TILE * pw + 2),
                      half=ALPHA * c * n_in * rows * (TILE * pw + 2))
-    like = segments[-1]
     whole = None if per_tap else transform_weight(weight, out=_SCRATCH.get("u", (kt * u_size,), like))
     out = like.new_empty(b, co, t_out, h, w)
     for i in range(b):
@@ -211,16 +228,19 @@ def winograd_conv(x, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.T
             n, nr = min(frames, t_out - t0), min(rows, ph - r0)
             v = _SCRATCH.get("v", (ALPHA * ALPHA, c, n + kt - 1, nr, pw), like)
             _input_transform(segments, i, t0, t0 + n + kt - 1, r0, nr, pw, v)
-            m = _SCRATCH.get("m", (ALPHA * ALPHA, co, n * nr * pw), like)
-            for k in range(kt):
-                u = (transform_weight(weight, tap=k, out=_SCRATCH.get("u", (u_size,), like))[:, 0] if per_tap
-                     else whole[:, k])
-                window = v[:, :, k:k + n].reshape(ALPHA * ALPHA, c, n * nr * pw)
-                if k == 0:
-                    torch.bmm(u, window, out=m)
-                else:
-                    m.baddbmm_(u, window)
-            _output_transform(m, out[i, :, t0:t0 + n, TILE * r0:min(TILE * (r0 + nr), h)], nr, pw)
+            for o0 in range(0, co, group):
+                o1 = min(co, o0 + group)
+                m = _SCRATCH.get("m", (ALPHA * ALPHA, o1 - o0, n * nr * pw), like)
+                for k in range(kt):
+                    u = (transform_weight(weight[o0:o1], tap=k,
+                                          out=_SCRATCH.get("u", (ALPHA * ALPHA * (o1 - o0) * c,), like))[:, 0]
+                         if per_tap else whole[:, k])
+                    window = v[:, :, k:k + n].reshape(ALPHA * ALPHA, c, n * nr * pw)
+                    if k == 0:
+                        torch.bmm(u, window, out=m)
+                    else:
+                        m.baddbmm_(u, window)
+                _output_transform(m, out[i, o0:o1, t0:t0 + n, TILE * r0:min(TILE * (r0 + nr), h)], nr, pw)
     if bias is not None:
         out.add_(bias.view(1, -1, 1, 1, 1))
     return out

@@ -176,17 +176,24 @@ class WFVAE(nn.Module):
             raise ValueError(f"chunk_frames must be a positive integer or None, got {chunk!r}")
         total = x.shape[2]
         chunk = total if chunk is None else chunk
-        outputs = []
+        r = self.temporal_compression
+        frames = 1 + r * (total - 1) if decode else (total - 1) // r + 1
+        result, done = None, 0   # chunk outputs are copied into one preallocated result (no final concatenation)
         reset_streams(module)
         try:
             for start in range(0, total, chunk):
                 piece = x[:, :, start:start + chunk]
                 out = module(piece, flush=start + chunk >= total)[0] if decode else module(piece)[0]
-                if out.shape[2]:
-                    outputs.append(out)
+                if chunk >= total:
+                    return out
+                if result is None:
+                    result = out.new_empty(*out.shape[:2], frames, *out.shape[3:])
+                result[:, :, done:done + out.shape[2]] = out
+                done += out.shape[2]
         finally:
             reset_streams(module)
-        return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+        assert done == frames, (done, frames)
+        return result
 
     def forward(self, video: torch.Tensor, sample_posterior: bool = True,
                 generator: Optional[torch.Generator] = None):
