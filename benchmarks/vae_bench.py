@@ -11,7 +11,8 @@ both paths are the direct convolution).
 
 Examples:
   python benchmarks/vae_bench.py                                  # CPU default: v1.3 and v1.5 at 9x64x64
-  OMP_NUM_THREADS=2 python benchmarks/vae_bench.py --sizes 17x128x128 33x256x256 --repeat 2
+  OMP_NUM_THREADS=2 python benchmarks/vae_bench.py --sizes 17x128x128 33x256x256
+  OMP_NUM_THREADS=1 python benchmarks/vae_bench.py --models v13 --sizes 17x128x128 --repeat 2 --default-malloc
   python benchmarks/vae_bench.py --sizes 33x256x256 33x512x512 --device cuda --paths reference
   python benchmarks/vae_bench.py --models v15 --sizes 33x256x256 --modes decode --chunk-dec 1
 """
@@ -99,7 +100,8 @@ def run_isolated(spec: dict, diff: bool = False) -> dict:
         return max_difference(spec) if diff else measure(spec)
     flag = "--child-diff" if diff else "--child"
     out = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)], capture_output=True, text=True,
-                         check=False, env={**os.environ, "PYTHONPATH": str(ROOT), **MALLOC_ENV})
+                         check=False, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                           **({} if spec.get("default_malloc") else MALLOC_ENV)})
     if out.returncode:
         raise RuntimeError(f"measurement {spec} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -118,6 +120,9 @@ def main() -> int:
     parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"],
                         help="convolution paths to time (fast = WFVAE.use_fast_conv)")
     parser.add_argument("--repeat", type=int, default=1, help="timed repetitions (the minimum is reported)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default mmap threshold (what a normal run has: freed buffers are reused, "
+                             "so repeated calls are faster); peak memory then measures the allocator too")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-diff", help=argparse.SUPPRESS)
@@ -140,7 +145,8 @@ def main() -> int:
                 for mode, c in (("whole", None), ("chunked", chunk)):
                     for path in args.paths:
                         spec = {"model": model, "size": [t, h, w], "op": op, "chunk": c, "device": args.device,
-                                "dtype": args.dtype, "repeat": args.repeat, "path": path}
+                                "dtype": args.dtype, "repeat": args.repeat, "path": path,
+                                "default_malloc": args.default_malloc}
                         res = run_isolated(spec)
                         row[f"{op}_{path}_{mode}"] = res
                         print(f"{model:5} {size:11} {op:6} {path:9} {mode:8} {str(c or '-'):>5} {res['seconds']:8.3f} "

@@ -72,7 +72,8 @@ class _Scratch:
     """Work buffers kept between calls (one per name, device and dtype): allocating the multi-MB buffers afresh
     on every call costs page faults comparable to the transforms themselves. `reserve` sizes them for one call:
     it grows a buffer that is too small and frees one more than twice too large (so a large layer's buffers are
-    not carried through the rest of the network). `release_workspace()` frees them all."""
+    not carried through the rest of the network). `release_workspace()` frees them all. One process runs one
+    fast-path conv at a time: the buffers are not shared safely between threads."""
 
     def __init__(self):
         self.buffers: dict = {}
