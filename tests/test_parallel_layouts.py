@@ -64,7 +64,8 @@ def _launch(python: str, nproc: int, cases, out: Path, job_config: Path | None =
            str(ROOT / "tests" / "parallel" / "run_cases.py"), "--out", str(out), "--cases", *cases]
     if job_config is not None:
         cmd += ["--job-config", str(job_config)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # generous: one launch runs every case (normally 5-8 min on 2 cores); run_cases reports hangs itself
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     # run_cases prints the failing rank's traceback (a hang: every rank's stacks) and ends the launch
     assert proc.returncode == 0, _without_warnings(proc.stderr)[-20000:]
     return json.loads(out.read_text())
