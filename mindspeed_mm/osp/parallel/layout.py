@@ -98,7 +98,7 @@ def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1, context_par
     _adapt_megatron()
     from megatron.core import parallel_state, tensor_parallel as mtp
     if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+        _destroy_model_parallel(parallel_state)
     timeout = os.environ.get("OSP_DIST_TIMEOUT")   # seconds; also bounds megatron's own groups (default 30 min)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
@@ -124,3 +124,22 @@ def _adapt_megatron() -> None:
         cpu_adaptor.apply()
     elif kind == "npu" and importlib.util.find_spec("mindspeed") is not None:
         importlib.import_module("mindspeed.megatron_adaptor")
+
+
+def _destroy_model_parallel(parallel_state) -> None:
+    """megatron's destroy_model_parallel only drops its references to the groups: their gloo threads (two per
+    group) would live on, and a process that re-initialises layouts many times (the test launch) ends with
+    thousands of them. The groups this rank belongs to are destroyed here too."""
+    import torch.distributed as dist
+
+    groups = {}
+    for name, value in vars(parallel_state).items():
+        if "GROUP" in name:
+            for group in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(group, dist.ProcessGroup) and group is not dist.group.WORLD:
+                    groups[id(group)] = group
+    parallel_state.destroy_model_parallel()
+    registered = dist.distributed_c10d._world.pg_map   # megatron also keeps handles torch no longer lists
+    for group in groups.values():
+        if group in registered:
+            dist.destroy_process_group(group)
