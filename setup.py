@@ -19,6 +19,8 @@ class BuildPyWithPth(build_py):
 
 
 EXTRAS = {
+    # The README's main job (the embedded default model's sample and WF-VAE demo): mp4 I/O and the text encoders.
+    "quickstart": ["av>=11", "transformers>=4.40", "tokenizers"],
     "test": ["pytest>=7"],
     # PyAV first; decord (fast, what Open-Sora Plan uses) and OpenCV are picked up when installed.
     "video": ["av>=11", "opencv-python-headless>=4.8",

@@ -82,7 +82,8 @@ def test_gqa_layouts_and_softmax_stats():
     for layout, conv in (("BSND", lambda t: t.transpose(1, 2)),
                          ("SBH", lambda t: t.permute(2, 0, 1, 3).flatten(2))):
         o = npu.npu_fusion_attention(*(conv(t).contiguous() for t in (q, k, v)), 4, layout, scale=0.2)[0]
-        assert torch.equal(o, conv(out))
+        # the same math on another memory layout: equal up to float rounding (matmul blocking differs by CPU)
+        torch.testing.assert_close(o, conv(out), rtol=0, atol=1e-6)
 
 
 def test_tnd_matches_per_sample():
