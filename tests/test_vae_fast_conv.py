@@ -80,7 +80,7 @@ def test_used_only_where_it_is_valid_and_worthwhile():
     with torch.no_grad():
         assert winograd.supported(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), x)
         assert not winograd.supported(torch.nn.Conv3d(64, 64, 3, padding=(0, 1, 1)), x[:, :64])   # too narrow
-        assert not winograd.supported(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), x[..., :32, :32])  # too small
+        assert not winograd.supported(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), x[..., :16, :16])  # too small
         assert not winograd.supported(torch.nn.Conv3d(128, 128, 3, stride=2), x)
         assert not winograd.supported(torch.nn.Conv3d(128, 128, 1), x)
         assert not winograd.supported(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), x.double())

@@ -23,8 +23,10 @@ WORKSPACE_BYTES = 32 * 2**20
 # 3x3x3 at 64 channels and 2-D 3x3 at 128-256 channels 0.7-1.1x; docs/performance.md).
 MIN_TAP_CHANNELS = 384
 # Per call the weight is transformed anew (caching it would hold 4x the conv weights: 2 GB for the v1.3 WF-VAE);
-# that and the per-frame setup pay off from about 4096 output positions (frames x height x width) per call.
-MIN_OUTPUT_POSITIONS = 4096
+# that and the per-frame setup pay off from about 1024 output positions (frames x height x width) per call
+# (measured, 1 thread: 3x3x3 at 512-640 channels on 4x16x16 1.5-1.6x faster, on 1x16x16 1.0-1.2x; 2 threads
+# 1.1-1.3x and 0.7-1.1x). So a 17x128x128 clip's latent-resolution convs (5x16x16) take it, not a 1x16x16 chunk.
+MIN_OUTPUT_POSITIONS = 1024
 # Up to this many blocks transform the weight tap by tap in every block rather than hold the whole transformed
 # weight when that is larger than the workspace (v1.3's 640-channel convs: 177 MB whole, 59 MB a tap).
 RETRANSFORM_BLOCKS = 8
