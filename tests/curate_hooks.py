@@ -20,3 +20,16 @@ def brightness(clip):
 
 def caption_from_name(clip):
     return f"a clip from {clip.source} frames {clip.start}-{clip.end}"
+
+
+CALLS = []    # (path, start, end, fps, crop, source, frames shape) of each technical_stub call, in-process runs only
+
+
+def technical_stub(clip):
+    """A DOVER-shaped quality hook: DOVER's technical branch samples 32 frames at interval 2, wrapping around short
+    clips; this samples the same indices (`clip.frames`, cropped) and scores 1 - mean |horizontal neighbour
+    difference| / 16, so smooth frames score near 1 and per-pixel noise far below 0."""
+    idx = [(2 * i) % clip.num_frames for i in range(32)]
+    frames = clip.frames(idx).astype(np.float32)
+    CALLS.append((clip.path, clip.start, clip.end, clip.fps, clip.crop, clip.source, frames.shape))
+    return 1.0 - float(np.abs(np.diff(frames, axis=2)).mean()) / 16

@@ -38,17 +38,30 @@ def zscore_cuts(distances: Sequence[float], z: float = 3.0, min_distance: float 
 
 
 def lpips_distances(model, small: np.ndarray, batch: int = 16) -> np.ndarray:
-    """LPIPS between consecutive frames (`model`: mindspeed_mm.osp.vae.losses.LPIPS); (T-1,)."""
+    """LPIPS between consecutive frames (`model`: mindspeed_mm.osp.vae.losses.LPIPS); (T-1,). The same value as
+    `model(frame_i, frame_i+1)`, but each frame's VGG features are computed once instead of twice (once per pair it
+    belongs to): `batch` + 1 frames at a time, neighbouring batches sharing one frame."""
     import torch
 
+    from mindspeed_mm.osp.vae.losses import LPIPS_TAPS
+
     x = torch.from_numpy(small).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    out = []
+    if len(x) < 2:
+        return np.zeros(0)
+    out = torch.zeros(len(x) - 1)
     with torch.no_grad():
         for s in range(0, len(x) - 1, batch):
-            a = x[s:min(s + batch, len(x) - 1)]
-            b = x[s + 1:s + 1 + len(a)]
-            out.append(model(a, b).reshape(-1))
-    return torch.cat(out).numpy() if out else np.zeros(0)
+            h = (x[s:s + batch + 1] - model.shift) / model.scale
+            n = len(h) - 1
+            taps = iter(model.lins)
+            for index, layer in enumerate(model.features):
+                h = layer(h)
+                if index in LPIPS_TAPS:
+                    f = h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                    out[s:s + n] += next(taps)((f[:-1] - f[1:]).pow(2)).mean((1, 2, 3))
+                if index == LPIPS_TAPS[-1]:
+                    break
+    return out.numpy()
 
 
 def pieces(num_frames: int, cuts: Sequence[int], min_frames: int, max_frames: Optional[int]) -> tuple[list, dict]:

@@ -122,6 +122,21 @@ def _context(cfg: CurateConfig) -> Context:
     return _CONTEXT[key]
 
 
+def preload_models(cfg: CurateConfig, keep: bool) -> None:
+    """Load the models and hooks the stages use once, before any input is touched, so that a weight file in the
+    wrong format, a CLIP folder without weights or a hook that does not import is one error naming it (ValueError)
+    instead of every input failing with it. `keep`: leave them loaded for this process (one worker reuses them)."""
+    try:
+        _context(cfg)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- torch.load / transformers raise many kinds; one message names the cause
+        raise ValueError(f"cannot load the curation models: {type(e).__name__}: {e}") from e
+    finally:
+        if not keep:
+            _CONTEXT.clear()
+
+
 def done_path(out: Path, rel: str) -> Path:
     return out / STATE_DIR / "done" / (hashlib.sha1(rel.encode()).hexdigest()[:20] + ".json")
 
@@ -369,9 +384,11 @@ def curate(raw, output, cfg: Optional[CurateConfig] = None, *, workers: int = 1,
     if not raw.is_dir():
         raise FileNotFoundError(f"raw folder {raw} does not exist")
     notes = stage_notes(cfg)
-    _prepare_output(raw, out, cfg, overwrite)
     inputs = list_inputs(raw, out)
     mine = inputs[shard_index::shard_count]
+    if overwrite or not all(done_path(out, rel).is_file() for rel in mine):
+        preload_models(cfg, keep=workers == 1)           # before the output folder is touched
+    _prepare_output(raw, out, cfg, overwrite)
     pending = [rel for rel in mine if not done_path(out, rel).is_file()]
     resumed = len(mine) - len(pending)
     log(f"curate: {len(inputs)} input(s), shard {shard_index}/{shard_count}: {len(mine)}, "
