@@ -1,12 +1,22 @@
 """The multi-node launchers (examples/ascend, examples/cuda, examples/slurm; shared logic in examples/launch_common.sh).
 
 Cheap checks: every script passes `bash -n`, prints with DRY_RUN=1 the torchrun command with the expected nodes,
-world size and environment, and stops without CANN (Ascend) or without a driver (CUDA). Real runs, on CPU (gloo,
-OSP_LAUNCH_DEVICE=cpu) with two "nodes" on 127.0.0.1 started as two concurrent launchers: the Ascend v1.5
-launcher trains the tiny SUV; the slurm script, run directly with bash and fake SLURM_* variables, trains the same
-job at TP2 (2 x 2 processes), is stopped by SIGTERM to one node's launcher (every rank saves, exits 0) and resumed
-at TP1 (2 x 1); a node killed with SIGKILL makes the other one exit non-zero within a bounded time (no hang), and
-relaunching both nodes resumes the run to the uninterrupted losses, bit for bit. No process outlives a test.
+world size and environment, and stops without CANN (Ascend) or without a driver (CUDA).
+
+Real runs, on CPU (gloo, OSP_LAUNCH_DEVICE=cpu) with two "nodes" on 127.0.0.1 started as two concurrent launchers
+(the slurm scripts run directly with bash as each node's srun task, with fake SLURM_* variables), every job kind
+through a real launcher at least once:
+- v1.5 SUV training: the Ascend launcher (2 x 1, 8 steps, the module's reference run); the slurm script at TP2
+  (2 x 2), stopped by SIGTERM to one node's launcher (every rank saves, exits 0) and resumed at TP1 (2 x 1) to the
+  reference losses;
+- v1.3 T2V and I2V training: the CUDA launchers (2 steps: metrics, checkpoint, logs);
+- sampling: the Ascend sample.sh, TP=2 across the two nodes (the mp4 and its settings, written once);
+- feature extraction: the slurm extract_latents.sh (one manifest, each node's shards, every item readable).
+Failures, each bounded in time: a node killed with SIGKILL makes the other one exit non-zero and relaunching both
+resumes the run to the reference losses, bit for bit; a hung node (SIGSTOP) makes the other one exit non-zero after
+OSP_DIST_TIMEOUT; SIGKILL to one node's torchrun alone takes its workers along (PR_SET_PDEATHSIG,
+mindspeed_mm/osp/parallel/lifetime.py, also tested on its own with a fake launcher) and fails the other node at once.
+No process outlives a test.
 """
 from __future__ import annotations
 
@@ -268,11 +278,12 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def kill_node(proc: subprocess.Popen) -> None:
-    """SIGKILL a whole "node": the launcher's process group and the groups of all its descendants (torchrun starts
-    every worker in a session of its own, so the launcher's group alone would leave the workers running)."""
-    groups = set()
-    for pid in _tree(proc.pid):
+def signal_node(proc: subprocess.Popen, sig: int) -> list[int]:
+    """Send `sig` to a whole "node": the launcher's process group and the groups of all its descendants (torchrun
+    starts every worker in a session of its own, so the launcher's group alone would miss the workers). Returns the
+    node's pids."""
+    pids, groups = _tree(proc.pid), set()
+    for pid in pids:
         try:
             groups.add(os.getpgid(pid))
         except ProcessLookupError:
@@ -280,9 +291,44 @@ def kill_node(proc: subprocess.Popen) -> None:
     groups.discard(os.getpgrp())
     for group in groups:
         try:
-            os.killpg(group, signal.SIGKILL)
+            os.killpg(group, sig)
         except ProcessLookupError:
             pass
+    return pids
+
+
+def kill_node(proc: subprocess.Popen) -> None:
+    signal_node(proc, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, T stopped, Z zombie, ...), or "" when it no longer exists."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def alive(pids) -> list[int]:
+    return [p for p in pids if _state(p) not in ("", "Z", "X")]
+
+
+def wait_gone(pids, timeout: float) -> float:
+    """Poll until none of `pids` runs (zombies count as gone); returns the seconds it took, or inf."""
+    start = time.monotonic()
+    while alive(pids):
+        if time.monotonic() - start > timeout:
+            return float("inf")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def torchrun_and_workers(proc: subprocess.Popen) -> tuple[int, list[int]]:
+    """The pid of the node's torchrun (under its launcher) and of torchrun's children, the workers."""
+    table = _proc_table()
+    runs = [p for p in _tree(proc.pid) if "-m torch.distributed.run " in table.get(p, (0, ""))[1]]
+    assert len(runs) == 1, f"expected one torchrun under the launcher, found {runs}"
+    return runs[0], [c for c, (parent, _) in table.items() if parent == runs[0]]
 
 
 def kill_leftovers(marker: str) -> list[str]:
@@ -325,8 +371,9 @@ class Nodes:
     def kill(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:   # still running: its pid (and so its descendants) cannot have been reused
-                kill_node(proc)
+                pids = signal_node(proc, signal.SIGKILL)
                 proc.wait(timeout=30)
+                wait_gone(pids, 30)   # SIGKILL takes a moment: kill_leftovers must not find them dying
 
 
 def wait_for_steps(run: Path, steps: int, nodes: Nodes, timeout: float = 480) -> None:
@@ -343,8 +390,8 @@ def data(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("launch_data"), videos=8)
 
 
-def train_args(data: str) -> list[str]:
-    return [f"data.source={data}", f"steps={STEPS}", "checkpoint.every=2", "checkpoint.keep_last=2",
+def train_args(data: str, steps: int = STEPS, every: int = 2) -> list[str]:
+    return [f"data.source={data}", f"steps={steps}", f"checkpoint.every={every}", "checkpoint.keep_last=2",
             "data.global_batch_size=2", "logging.progress=false", "logging.tensorboard=false"]
 
 
@@ -467,3 +514,265 @@ def test_killed_node_fails_the_other_in_bounded_time_and_relaunch_resumes(uninte
     assert not leftovers, leftovers
     same_run(run, uninterrupted["metrics"])
     print(f"node 0 exited {elapsed:.1f} s after node 1 was killed at step {logged}")
+
+
+# ---------------------------------------------------------------------------------------------------- every job kind
+# The other launchers, each job kind at least once through a real launcher: 2 "nodes" x 1 process on 127.0.0.1,
+# CPU, the shortest run that shows the job's outcome.
+NODE_RANKS = [{"NODE_RANK": "0"}, {"NODE_RANK": "1"}]
+
+
+def localhost_env(**changes) -> dict:
+    """The environment of 2 "nodes" x 1 process on 127.0.0.1 (CPU, gloo, a free port); NODE_RANK is per node."""
+    return clean_env(OSP_LAUNCH_DEVICE="cpu", NPUS_PER_NODE=1, NNODES=2, MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=free_port(), **changes)
+
+
+def finish(nodes: Nodes, marker: Path, timeout: float = 240) -> list[int]:
+    """Wait for every node; then make sure nothing of the run is left (killing what is, and failing)."""
+    try:
+        codes = nodes.wait(timeout)
+    finally:
+        nodes.kill()
+        leftovers = kill_leftovers(str(marker))
+    assert not leftovers, f"processes left running: {leftovers}"
+    return codes
+
+
+@pytest.mark.parametrize("recipe", ["osp13_t2v", "osp13_i2v"])
+def test_cuda_launcher_trains_v13_on_two_localhost_nodes(recipe, data, tmp_path):
+    """examples/cuda/pretrain_osp13_{t2v,i2v}.sh on CPU with the tiny v1.3 configs: two steps, one checkpoint."""
+    run = tmp_path / "run"
+    config = EXAMPLES / "train" / f"{recipe}_tiny.json"
+    env = localhost_env(CONFIG=config, OUTPUT=run, OSP_DIST_TIMEOUT=60)
+    nodes = Nodes(EXAMPLES / "cuda" / f"pretrain_{recipe}.sh", env, train_args(data, steps=2), tmp_path / "launchers",
+                  NODE_RANKS)
+    assert finish(nodes, tmp_path) == [0, 0], nodes.tail()
+    logged = metrics(run)
+    assert [e["step"] for e in logged] == [1, 2], logged
+    assert [e["consumed_samples"] for e in logged] == [2, 4]
+    assert all(e["action"] == "keep" and 0 < e["loss"] < 10 for e in logged), logged
+    assert (run / "checkpoints" / "latest").read_text().strip() == "2"
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["model"]["version"] == "v1.3"
+    assert (resolved["diffusion"]["inpaint"] is not None) == (recipe == "osp13_i2v")   # I2V trains with masks
+    for rank in (0, 1):
+        log = (run / "logs" / f"node_{rank}.log").read_text()
+        assert f"pretrain_{recipe} node {rank} of 2" in log and "-m mindspeed_mm.osp.cli train --config " in log
+    assert "osp train: finished 2 steps" in (run / "logs" / "node_0.log").read_text()
+    assert "data parallel DP=2; global batch 2 = micro batch 1 x DP 2 x accumulation 1" in nodes.tail(100000)
+
+
+def test_ascend_sample_launcher_tensor_parallel_across_two_nodes(tmp_path):
+    """examples/ascend/sample.sh with the tiny v1.5 preset and TP=2 over the 2 "nodes" (one sampling group): the
+    video and its settings are written once, by the group's first rank."""
+    out = tmp_path / "out" / "video.mp4"
+    out.parent.mkdir()
+    env = localhost_env(PRESET="tiny-osp15-random", OUTPUT=out, TP=2, LOG_DIR=tmp_path / "logs", OSP_DIST_TIMEOUT=60)
+    args = ["--prompt", "a red ball", "--steps", "2", "--num-frames", "9", "--height", "32", "--width", "48",
+            "--seed", "3"]
+    nodes = Nodes(EXAMPLES / "ascend" / "sample.sh", env, args, tmp_path / "launchers", NODE_RANKS)
+    assert finish(nodes, tmp_path) == [0, 0], nodes.tail()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["video.json", "video.mp4"]
+    assert out.stat().st_size > 1000
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert (settings["tp"], settings["cp"], settings["data_parallel"]) == (2, 1, 1)
+    assert (settings["preset"], settings["num_frames"], settings["steps"]) == ("tiny-osp15-random", 9, 2)
+    assert f"wrote {out} (9 frames 32x48" in (tmp_path / "logs" / "node_0.log").read_text()
+    assert "TP=2 CP=1 -> 1 group(s) sampling different prompts" in nodes.tail(100000)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory) -> Path:
+    from mindspeed_mm.osp.vae.model import WFVAE
+
+    import torch
+    torch.manual_seed(0)
+    return WFVAE.from_preset("tiny_v15").save_pretrained(tmp_path_factory.mktemp("vae") / "wfvae")
+
+
+def test_slurm_extract_latents_two_nodes_write_one_cache(data, tiny_vae, tmp_path):
+    """examples/slurm/extract_latents.sh as each node's srun task (fake SLURM_* variables), 2 nodes x 1 process:
+    the 8 videos in 4 shards of 2, shards 0 and 2 from node 0, 1 and 3 from node 1, one manifest."""
+    from mindspeed_mm.osp.data.cache import LatentCache, read_manifest, shard_name
+
+    cache = tmp_path / "cache"
+    port = free_port()
+    env = clean_env(OSP_LAUNCH_DEVICE="cpu", NPUS_PER_NODE=1, SLURM_JOB_ID=port - 20000, SLURM_JOB_NUM_NODES=2,
+                    SLURM_JOB_NODELIST="127.0.0.1", SLURM_SUBMIT_DIR=ROOT, OSP_SLURM_STEP=1, DATA=data,
+                    CONFIG=CONFIG, VAE=tiny_vae, CACHE=cache, LOG_DIR=tmp_path / "logs", OSP_DIST_TIMEOUT=60)
+    nodes = Nodes(EXAMPLES / "slurm" / "extract_latents.sh", env, ["--shard-size", "2"], tmp_path / "launchers",
+                  [{"SLURM_NODEID": "0"}, {"SLURM_NODEID": "1"}])
+    assert finish(nodes, tmp_path) == [0, 0], nodes.tail()
+    manifest = read_manifest(cache)
+    assert (manifest["num_kept"], manifest["shard_size"], manifest["num_shards"]) == (8, 2, 4), manifest
+    assert sorted(p.name for p in cache.glob("shard-*")) == [shard_name(s) for s in range(4)]
+    reader = LatentCache(cache)
+    assert all(int(item) in reader for item in reader.items) and len(reader.items) == 8
+    for rank in (0, 1):
+        log = (tmp_path / "logs" / f"node_{rank}.log").read_text()
+        assert f"--nnodes=2 --node_rank={rank} --nproc_per_node=1 --master_addr=127.0.0.1 --master_port={port}" in log
+        assert f"rank {rank}/2: wrote 2 shard(s) (4 items)" in log
+
+
+# ---------------------------------------------------------------------------------------------------- failures
+HANG_TIMEOUT = 20   # OSP_DIST_TIMEOUT of the hang test, seconds
+
+
+def failure_run(tmp_path: Path, data: str, **changes) -> tuple[Path, Nodes]:
+    """examples/cuda/pretrain_osp13_t2v.sh, 2 nodes x 1 process, long enough to be interrupted (no checkpoint)."""
+    run = tmp_path / "run"
+    env = localhost_env(CONFIG=EXAMPLES / "train" / "osp13_t2v_tiny.json", OUTPUT=run, **changes)
+    nodes = Nodes(EXAMPLES / "cuda" / "pretrain_osp13_t2v.sh", env, train_args(data, steps=500, every=500),
+                  tmp_path / "launchers", NODE_RANKS)
+    return run, nodes
+
+
+def test_hung_node_fails_the_other_within_the_collective_timeout(data, tmp_path):
+    """SIGSTOP every process of node 1 mid-run (a hung node, not a dead one: its sockets stay open): node 0's next
+    collective times out after OSP_DIST_TIMEOUT (the world group's and megatron's groups' timeout) and node 0
+    exits non-zero, instead of waiting gloo's default 30 min. Then the stopped node is killed; nothing is left."""
+    run, nodes = failure_run(tmp_path, data, OSP_DIST_TIMEOUT=HANG_TIMEOUT)
+    try:
+        wait_for_steps(run, 2, nodes)
+        stopped = signal_node(nodes.procs[1], signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        bound = 2 * HANG_TIMEOUT + 30
+        try:
+            code = nodes.procs[0].wait(timeout=bound)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"node 0 still running {bound} s after node 1 hung (OSP_DIST_TIMEOUT={HANG_TIMEOUT})\n"
+                        f"{nodes.tail()}")
+        elapsed = time.monotonic() - stopped_at
+        assert code != 0, nodes.tail()
+        assert metrics(run)[-1]["step"] < 500, "the run ended before the stop"
+        # node 1 was hung, not dead, all along: node 0 gave up on its own timeout
+        assert alive(stopped) and all(_state(p) == "T" for p in alive(stopped)), \
+            {p: _state(p) for p in stopped}
+        assert f"Timed out waiting {HANG_TIMEOUT * 1000}ms" in (run / "logs" / "node_0.log").read_text(), \
+            nodes.tail()
+        kill_node(nodes.procs[1])
+        assert nodes.procs[1].wait(timeout=30) == -signal.SIGKILL
+        assert wait_gone(stopped, 30) < 30, [(p, _state(p)) for p in alive(stopped)]
+    finally:
+        nodes.kill()
+        leftovers = kill_leftovers(str(tmp_path))
+    assert not leftovers, f"processes left running: {leftovers}"
+    print(f"node 0 exited {elapsed:.1f} s after node 1 was stopped (OSP_DIST_TIMEOUT={HANG_TIMEOUT})")
+
+
+def test_killed_torchrun_takes_its_workers_and_fails_the_other_node(data, tmp_path):
+    """SIGKILL to node 1's torchrun only (not its workers, which run in sessions of their own): the workers get
+    SIGKILL from the kernel (PR_SET_PDEATHSIG, parallel/lifetime.py) within moments, so node 0's collectives fail
+    and it exits non-zero at once; node 1's launcher reports torchrun's death (137). Nothing is left."""
+    run, nodes = failure_run(tmp_path, data, OSP_DIST_TIMEOUT=60)
+    try:
+        wait_for_steps(run, 2, nodes)
+        torchrun, workers = torchrun_and_workers(nodes.procs[1])
+        assert len(workers) == 1, workers
+        os.kill(torchrun, signal.SIGKILL)
+        killed_at = time.monotonic()
+        gone = wait_gone(workers, 10)
+        assert gone < 10, f"node 1's worker {workers} outlived its torchrun by 10 s (orphaned)\n{nodes.tail()}"
+        try:
+            code = nodes.procs[0].wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"node 0 still running 60 s after node 1's torchrun was killed\n{nodes.tail()}")
+        elapsed = time.monotonic() - killed_at
+        assert code != 0, nodes.tail()
+        assert nodes.procs[1].wait(timeout=30) == 128 + signal.SIGKILL, nodes.tail()
+        assert "torchrun exited with 137" in (run / "logs" / "node_1.log").read_text()
+        assert metrics(run)[-1]["step"] < 500, "the run ended before the kill"
+    finally:
+        nodes.kill()
+        leftovers = kill_leftovers(str(tmp_path))
+    assert not leftovers, f"processes left running: {leftovers}"
+    print(f"node 1's worker gone {gone:.2f} s after its torchrun was killed; node 0 exited after {elapsed:.1f} s")
+
+
+LIFETIME = ROOT / "mindspeed_mm" / "osp" / "parallel" / "lifetime.py"
+# a worker: loads parallel/lifetime.py alone (no torch), records itself, arms, then waits for its parent to die
+WORKER = r"""
+import importlib.util, os, sys, time
+from pathlib import Path
+path, out, mode, parent = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+spec = importlib.util.spec_from_file_location("osp_lifetime", path)
+lifetime = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lifetime)
+
+
+def note(name, text):   # atomic: whoever sees the file sees its text
+    (out / f".{name}").write_text(text)
+    os.replace(out / f".{name}", out / name)
+
+
+note("pid", str(os.getpid()))
+if mode == "orphan":   # the launcher died before the worker got to arm itself
+    while os.getppid() == parent:
+        time.sleep(0.01)
+    note("new_parent", str(os.getppid()))
+note("armed", str(lifetime.die_with_launcher()))
+time.sleep(0 if mode == "orphan" else 30)
+"""
+# a launcher: starts the worker in a session of its own (as torchrun does); "orphan": exits at once, else once
+# the worker is armed
+LAUNCHER = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+worker, path, out, mode = sys.argv[1:5]
+subprocess.Popen([sys.executable, "-c", worker, path, out, mode, str(os.getpid())], start_new_session=True)
+deadline = time.monotonic() + 20
+while mode != "orphan" and not Path(out, "armed").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+os._exit(0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+@pytest.mark.parametrize("mode", ["armed", "orphan"])
+def test_worker_dies_with_its_launcher(mode, tmp_path):
+    """parallel/lifetime.die_with_launcher in a fake torchrun worker: armed, it is killed when its launcher exits;
+    started by a launcher that is already gone, it kills itself."""
+    env = clean_env(TORCHELASTIC_RUN_ID="test", LOCAL_RANK=0)
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, WORKER, str(LIFETIME), str(tmp_path), mode], env=env,
+                          timeout=60)
+    assert done.returncode == 0
+    pid_file = tmp_path / "pid"
+    deadline = time.monotonic() + 20
+    while not pid_file.is_file():
+        assert time.monotonic() < deadline, "the worker never started"
+        time.sleep(0.01)
+    pid = int(pid_file.read_text())
+    try:
+        gone = wait_gone([pid], 10)
+        if mode == "orphan":
+            while not (tmp_path / "new_parent").is_file() and alive([pid]):
+                time.sleep(0.01)
+            adopter = (tmp_path / "new_parent").read_text() if (tmp_path / "new_parent").is_file() else "?"
+            if adopter not in ("1", "?") and (tmp_path / "armed").is_file():
+                pytest.skip(f"the orphan was adopted by a sub-reaper (pid {adopter}), not init: the documented gap")
+            assert not (tmp_path / "armed").is_file(), "an orphaned worker armed itself and ran on"
+        else:
+            assert (tmp_path / "armed").read_text() == "True"
+        assert gone < 10, f"the worker (pid {pid}) outlived its launcher by 10 s"
+    finally:
+        if alive([pid]):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_lifetime_is_a_no_op_outside_torchrun_and_reads_the_timeout(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("osp_lifetime_test", LIFETIME)
+    lifetime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lifetime)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert lifetime.die_with_launcher() is False
+    for raw, seconds in (("", None), (" 30 ", 30.0), ("0.5", 0.5)):
+        monkeypatch.setenv("OSP_DIST_TIMEOUT", raw)
+        timeout = lifetime.dist_timeout()
+        assert (timeout.total_seconds() if timeout else None) == seconds, raw
+    for raw in ("abc", "0", "-5"):
+        monkeypatch.setenv("OSP_DIST_TIMEOUT", raw)
+        with pytest.raises(ValueError, match="OSP_DIST_TIMEOUT"):
+            lifetime.dist_timeout()

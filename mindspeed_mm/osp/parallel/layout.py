@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -99,13 +98,14 @@ def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1, context_par
     from megatron.core import parallel_state, tensor_parallel as mtp
     if parallel_state.model_parallel_is_initialized():
         _destroy_model_parallel(parallel_state)
-    timeout = os.environ.get("OSP_DIST_TIMEOUT")   # seconds; also bounds megatron's own groups (default 30 min)
+    from mindspeed_mm.osp.parallel.lifetime import dist_timeout
+    timeout = dist_timeout()   # OSP_DIST_TIMEOUT also bounds megatron's own groups (its default: 30 min)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
         virtual_pipeline_model_parallel_size=virtual_pipeline,
         context_parallel_size=context_parallel,
-        **({"distributed_timeout_minutes": float(timeout) / 60} if timeout else {}),
+        **({"distributed_timeout_minutes": timeout.total_seconds() / 60} if timeout else {}),
     )
     mtp.model_parallel_cuda_manual_seed(seed)
     _LAYOUT = layout

@@ -28,6 +28,9 @@ def launched_by_torchrun() -> bool:
 
 def setup_parallel(tensor_parallel: int, context_parallel: int) -> SampleRanks:
     """Start torch.distributed (from torchrun's environment) and, for tp/cp > 1, megatron's groups."""
+    from ..parallel.lifetime import die_with_launcher, dist_timeout
+
+    die_with_launcher()   # under torchrun: SIGKILLed when torchrun dies (the worker runs in a session of its own)
     model_parallel = tensor_parallel * context_parallel
     if not launched_by_torchrun():
         if model_parallel > 1:
@@ -39,7 +42,8 @@ def setup_parallel(tensor_parallel: int, context_parallel: int) -> SampleRanks:
     from .. import platform
 
     if not dist.is_initialized():
-        dist.init_process_group(platform.collective_backend())
+        timeout = dist_timeout()   # OSP_DIST_TIMEOUT: how long a collective waits for a dead or hung rank
+        dist.init_process_group(platform.collective_backend(), **({"timeout": timeout} if timeout else {}))
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % model_parallel:
         raise SystemExit(f"error: {world} processes cannot be split into groups of --tp {tensor_parallel} x "

@@ -93,16 +93,17 @@ def single_process_group(backend: str, **kwargs) -> None:
 def init_distributed() -> tuple[torch.device, bool]:
     """torch.distributed from torchrun's environment, or a one-process group for a plain `osp train`; returns
     (this rank's device, whether the group was created here). `OSP_DIST_TIMEOUT` (seconds) bounds how long a
-    collective waits for a rank that died (torch's default otherwise: 10 min NCCL/HCCL, 30 min gloo)."""
-    import datetime
-
+    collective waits for a rank that died or hangs (torch's default otherwise: 10 min NCCL/HCCL, 30 min gloo).
+    Under torchrun the worker is first tied to its torchrun: SIGKILLed when torchrun dies (parallel/lifetime.py)."""
     from mindspeed_mm.osp import platform
+    from mindspeed_mm.osp.parallel.lifetime import die_with_launcher, dist_timeout
 
+    die_with_launcher()
     dist = torch.distributed
     created = not dist.is_initialized()
     if created:
-        timeout = os.environ.get("OSP_DIST_TIMEOUT")
-        kwargs = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
+        timeout = dist_timeout()
+        kwargs = {"timeout": timeout} if timeout else {}
         if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
             dist.init_process_group(platform.collective_backend(), **kwargs)
         else:
