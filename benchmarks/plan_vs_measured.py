@@ -13,7 +13,7 @@ from mindspeed_mm.osp.dit.osp13 import OSP13DiT
 from mindspeed_mm.osp.dit.suv import SUVDiT
 from mindspeed_mm.osp.parallel import memory
 from mindspeed_mm.osp.parallel.memtrack import MIB, measure_step, tiny_inputs
-from mindspeed_mm.osp.parallel.plan import plan_for
+from mindspeed_mm.osp.parallel.plans import plan_for
 
 TEXT_TOKENS = 16
 # (model class, preset, latent frames, latent size): tokens = frames * (size / 2) ** 2

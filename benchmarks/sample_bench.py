@@ -137,7 +137,7 @@ def mid_suv_pipeline(text_len: int = 512):
 
 def fast_vs_reference(args) -> None:
     """Alternate reference (fast_denoiser=False) and fast sampling runs of the same seeds; min s/step of each."""
-    from mindspeed_mm.osp.pipelines.folder import default_model, load_pipeline
+    from mindspeed_mm.osp.pipelines import default_model, load_pipeline
 
     cases = [("default model", lambda: load_pipeline(default_model()), {}),
              ("mid-size SUV", mid_suv_pipeline, dict(num_frames=17, height=128, width=128))]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from mindspeed_mm.osp.cli import build_parser, main
-from mindspeed_mm.osp.dit.loading import NOT_A_CHECKPOINT, checkpoint_kind, load_tensor_file
+from mindspeed_mm.osp.checkpoints.tensors import NOT_A_CHECKPOINT, checkpoint_kind, load_tensor_file
 
 
 # ------------------------------------------------------------------------------------------------ osp plan

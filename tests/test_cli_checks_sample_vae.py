@@ -11,10 +11,11 @@ import sys
 import pytest
 import torch
 
-from mindspeed_mm.osp import cli, sample
+from mindspeed_mm.osp import cli
+from mindspeed_mm.osp.cli import sample
+from mindspeed_mm.osp.cli import vae as vae_cli
 from mindspeed_mm.osp.data import video_io
 from mindspeed_mm.osp.data.synthetic import moving_pattern
-from mindspeed_mm.osp.vae import cli as vae_cli
 
 pytest.importorskip("av", reason="writing mp4 needs PyAV (pip install av)")
 torch.set_num_threads(2)

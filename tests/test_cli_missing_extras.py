@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from mindspeed_mm.osp import cli, envinfo
+from mindspeed_mm.osp import cli
+from mindspeed_mm.osp.cli import env as env_command
 
 
 def test_a_command_missing_an_optional_package_says_what_to_install(tmp_path, capsys, monkeypatch):
@@ -24,7 +25,7 @@ def test_a_command_missing_an_optional_package_says_what_to_install(tmp_path, ca
 def test_other_missing_modules_keep_their_traceback(monkeypatch):
     def broken(_args):
         raise ModuleNotFoundError("No module named 'not_an_osp_extra'", name="not_an_osp_extra")
-    monkeypatch.setattr(envinfo, "run", broken)
+    monkeypatch.setattr(env_command, "run", broken)
     with pytest.raises(ModuleNotFoundError):
         cli.main(["env"])
 

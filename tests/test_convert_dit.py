@@ -11,9 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from dit_helpers import one_torch_thread, read_case, run_model  # noqa: F401
 from mindspeed_mm.osp import cli
-from mindspeed_mm.osp.convert import megatron
+from mindspeed_mm.osp.checkpoints.megatron import read_megatron
 from mindspeed_mm.osp.convert.dit import convert
+from mindspeed_mm.osp.convert.megatron import write_megatron
 from mindspeed_mm.osp.dit import SUVDiT, from_pretrained
+from mindspeed_mm.osp.dit.loading import split_plan
 from mindspeed_mm.osp.pipelines.folder import load_transformer, save_transformer
 
 VERSION = {"v13_t2v_h4": "v13", "v13_i2v": "v13", "v15_suv_h4": "v15", "v15_suv": "v15"}
@@ -39,14 +41,14 @@ def chunk_models(folder, tp_rank=0):
 
 
 def test_split_rules_follow_mindspeed_mm():
-    plan = megatron.split_plan("v15")
+    plan = split_plan("v15")
     blk = "transformer_blocks.1.0."
     assert plan.split_dim(blk + "attn1.proj_q.weight") == 0 and plan.split_dim(blk + "attn1.added_proj_v.bias") == 0
     assert plan.split_dim(blk + "attn1.proj_out.weight") == 1 and plan.split_dim(blk + "attn1.proj_out.bias") is None
     assert plan.split_dim(blk + "norm1.linear.weight") == 0 and plan.split_dim(blk + "ff_enc.net.2.weight") == 1
     assert plan.split_dim("norm_out.linear.bias") == 0 and plan.split_dim("patch_embed.proj.weight") is None
     assert plan.split_dim(blk + "attn1.norm_proj_q.weight") is None
-    plan13 = megatron.split_plan("v13")
+    plan13 = split_plan("v13")
     assert plan13.split_dim("transformer_blocks.3.attn2.to_k.bias") == 0
     assert plan13.split_dim("transformer_blocks.3.ff.net.0.proj.bias") == 0
     assert plan13.split_dim("transformer_blocks.3.attn1.to_out.0.weight") == 1
@@ -58,7 +60,7 @@ def test_split_rules_follow_mindspeed_mm():
 @pytest.mark.parametrize("pp", [1, 2])
 def test_round_trip_tp_pp(tmp_path, case, tp, pp):
     sd = official(case)
-    out = megatron.write_megatron(sd, VERSION[case], tmp_path / "ckpt", tp=tp, pp=pp)
+    out = write_megatron(sd, VERSION[case], tmp_path / "ckpt", tp=tp, pp=pp)
     ranks = sorted(p.name for p in (out / "release").iterdir())
     assert ranks == sorted(f"mp_rank_{t:02d}" + (f"_{p:03d}" if pp > 1 else "") for t in range(tp) for p in range(pp))
     assert (out / "latest_checkpointed_iteration.txt").read_text() == "release"
@@ -66,7 +68,7 @@ def test_round_trip_tp_pp(tmp_path, case, tp, pp):
          "v15": ("transformer_blocks.0.0.attn1.proj_q.weight",) * 2}[VERSION[case]]
     first = chunk_models(out, tp_rank=tp - 1)[ranks[-1] if pp == 1 else f"mp_rank_{tp - 1:02d}_000"][0]
     assert torch.equal(first[q[0]], sd[q[1]].chunk(tp, dim=0)[-1])  # column-parallel: last rank, last rows
-    version, back = megatron.read_megatron(out)
+    version, back = read_megatron(out, split_plan)
     assert version == VERSION[case]
     assert_same(back, sd)
 
@@ -80,7 +82,7 @@ def test_round_trip_tp_pp(tmp_path, case, tp, pp):
 ])
 def test_round_trip_vpp_uneven_names(tmp_path, case, pp, vpp, layers, names):
     sd = official(case)
-    out = megatron.write_megatron(sd, VERSION[case], tmp_path / "ckpt", tp=2, pp=pp, vpp=vpp, pp_layers=layers,
+    out = write_megatron(sd, VERSION[case], tmp_path / "ckpt", tp=2, pp=pp, vpp=vpp, pp_layers=layers,
                                   names=names or "mm")
     models = chunk_models(out)
     chunks = [models[f"mp_rank_00_{r:03d}"][v] for v in range(vpp or 1) for r in range(pp)]  # global chunk order
@@ -107,17 +109,17 @@ def test_round_trip_vpp_uneven_names(tmp_path, case, pp, vpp, layers, names):
             assert f"skip_norm_linear.{j}.1.weight" in chunks[holder]
             assert f"skip_norm_linear_enc.{j}.1.weight" in chunks[holder]
         assert "patch_embed.proj.weight" in chunks[0] and "proj_out.weight" in chunks[-1]
-    assert_same(megatron.read_megatron(out)[1], sd)
+    assert_same(read_megatron(out, split_plan)[1], sd)
 
 
 def test_megatron_to_megatron_recut(tmp_path):
     sd = official("v15_suv_h4")
-    megatron.write_megatron(sd, "v15", tmp_path / "tp2pp2", tp=2, pp=2)
+    write_megatron(sd, "v15", tmp_path / "tp2pp2", tp=2, pp=2)
     convert(tmp_path / "tp2pp2", tmp_path / "tp4", "megatron", tp=4)
     assert sorted(p.name for p in (tmp_path / "tp4" / "release").iterdir()) == [f"mp_rank_0{i}" for i in range(4)]
-    assert_same(megatron.read_megatron(tmp_path / "tp4", expect_tp=4)[1], sd)
+    assert_same(read_megatron(tmp_path / "tp4", split_plan, expect_tp=4)[1], sd)
     with pytest.raises(ValueError, match=r"TP=4, this run uses TP=2.*osp convert dit --to megatron --tp 2"):
-        megatron.read_megatron(tmp_path / "tp4", expect_tp=2)
+        read_megatron(tmp_path / "tp4", split_plan, expect_tp=2)
 
 
 def test_cli_diffusers_to_megatron_to_official(tmp_path):
@@ -142,7 +144,7 @@ def sharded_files(folder):
 @pytest.mark.parametrize("case", ["v13_i2v", "v15_suv"])
 def test_megatron_to_sharded_diffusers_matches_fixture(tmp_path, case):
     meta, sd, tensors = read_case(case)
-    megatron.write_megatron(sd, VERSION[case], tmp_path / "mm", tp=2, pp=2)
+    write_megatron(sd, VERSION[case], tmp_path / "mm", tp=2, pp=2)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(meta["config"]))
     convert(tmp_path / "mm", tmp_path / "transformer", "diffusers", config=str(config), max_shard_size="100KB")
@@ -158,7 +160,7 @@ def test_megatron_to_sharded_diffusers_matches_fixture(tmp_path, case):
 @pytest.mark.parametrize("case", ["v13_i2v", "v15_suv"])
 def test_from_pretrained_merges_megatron_tp2_pp2(tmp_path, case):
     meta, sd, tensors = read_case(case)
-    megatron.write_megatron(sd, VERSION[case], tmp_path, tp=2, pp=2)
+    write_megatron(sd, VERSION[case], tmp_path, tp=2, pp=2)
     model = from_pretrained(tmp_path, config=meta["config"])
     with torch.no_grad():
         out = run_model(model, case, tensors)
@@ -181,7 +183,7 @@ def test_pipeline_transformer_folder_is_sharded(tmp_path):
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.fixture
 def tp2pp2(tmp_path):
-    return megatron.write_megatron(official("v13_t2v_h4"), "v13", tmp_path / "ckpt", tp=2, pp=2)
+    return write_megatron(official("v13_t2v_h4"), "v13", tmp_path / "ckpt", tp=2, pp=2)
 
 
 def _edit(path, edit):
@@ -195,7 +197,7 @@ def test_tp_shards_with_different_keys(tp2pp2):
           lambda sd: sd.pop("videodit_sparse_blocks.0.ff.net.2.bias"))
     with pytest.raises(ValueError, match=r"mp_rank_00_000 and mp_rank_01_000 hold different keys .*"
                                          r"videodit_sparse_blocks\.0\.ff\.net\.2\.bias"):
-        megatron.read_megatron(tp2pp2)
+        read_megatron(tp2pp2, split_plan)
 
 
 def test_duplicate_keys_across_pipeline_shards(tp2pp2):
@@ -203,24 +205,24 @@ def test_duplicate_keys_across_pipeline_shards(tp2pp2):
         _edit(tp2pp2 / "release" / f"mp_rank_{t}_000" / "model_optim_rng.pt",
               lambda sd: sd.__setitem__("scale_shift_table", torch.zeros(2, 96)))
     with pytest.raises(ValueError, match="scale_shift_table is in both mp_rank_XX_000 and mp_rank_XX_001"):
-        megatron.read_megatron(tp2pp2)
+        read_megatron(tp2pp2, split_plan)
 
 
 def test_pku_renumbered_v15_pipeline_is_refused(tmp_path):
     sd = official("v15_suv")
-    folder = megatron.write_megatron(sd, "v15", tmp_path / "ckpt", pp=2)
+    folder = write_megatron(sd, "v15", tmp_path / "ckpt", pp=2)
     # PKU's layout restarts the stage index on every pipeline rank: stage 3 -> 0 on the second rank
     _edit(folder / "release" / "mp_rank_00_001" / "model_optim_rng.pt",
           lambda d: d.update({k.replace("transformer_blocks.3.", "transformer_blocks.0."): d.pop(k)
                               for k in [k for k in d if k.startswith("transformer_blocks.3.")]}))
     with pytest.raises(ValueError, match="is in both .*PKU's v1.5 pipeline layout, which is not read"):
-        megatron.read_megatron(folder)
+        read_megatron(folder, split_plan)
 
 
 def test_missing_shard_folder(tp2pp2):
     shutil.rmtree(tp2pp2 / "release" / "mp_rank_01_001")
     with pytest.raises(FileNotFoundError, match=r"missing shard folders \['mp_rank_01_001'\] for TP=2 x PP=2"):
-        megatron.read_megatron(tp2pp2)
+        read_megatron(tp2pp2, split_plan)
 
 
 def test_gap_in_block_numbering(tp2pp2):
@@ -229,7 +231,7 @@ def test_gap_in_block_numbering(tp2pp2):
               lambda sd: [sd.pop(k) for k in [k for k in sd if k.startswith("videodit_sparse_blocks.1.")]])
     with pytest.raises(ValueError, match=r"mp_rank_XX_001: block numbering has gaps \(missing transformer_blocks "
                                          r"\[1\]\)"):
-        megatron.read_megatron(tp2pp2)
+        read_megatron(tp2pp2, split_plan)
 
 
 def test_config_mismatch_and_layout_errors(tmp_path, tp2pp2):
@@ -246,7 +248,7 @@ def test_config_mismatch_and_layout_errors(tmp_path, tp2pp2):
     with pytest.raises(ValueError, match=r"holds a v13 checkpoint \(by its key names\), not --model v15"):
         convert(tp2pp2, tmp_path / "out", "official", version="v15")
     with pytest.raises(ValueError, match=r"TP=2, this run uses TP=1.*osp convert dit --to megatron --tp 1 --pp 2 "):
-        megatron.read_megatron(tp2pp2, expect_tp=1)
+        read_megatron(tp2pp2, split_plan, expect_tp=1)
     with pytest.raises(ValueError, match=r"v1.3 checkpoint without config.json; pass --config"):
         convert(tp2pp2, tmp_path / "out", "diffusers")
     assert not (tmp_path / "out").exists()
@@ -273,8 +275,8 @@ def test_training_checkpoint_with_ema_needs_trust(tmp_path):
     zeros = {k: torch.zeros_like(v) for k, v in sd.items()}
     torch.save({"model": zeros, "ema_model": sd, "rng_state": TrainingState(100)}, rank / "model_optim_rng.pt")
     with pytest.raises(ValueError, match=r"trust_pickle=True \(CLI: --trust-pickle\)"):
-        megatron.read_megatron(tmp_path / "ckpt", ema=True)
-    assert_same(megatron.read_megatron(tmp_path / "ckpt", ema=True, trust_pickle=True)[1], sd)
+        read_megatron(tmp_path / "ckpt", split_plan, ema=True)
+    assert_same(read_megatron(tmp_path / "ckpt", split_plan, ema=True, trust_pickle=True)[1], sd)
 
 
 def test_convert_help_speaks_to_users(capsys):

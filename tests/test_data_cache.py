@@ -16,10 +16,11 @@ from media import make_garbage, make_image, make_video, write_annotation
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mindspeed_mm.osp.cli import build_parser
 from mindspeed_mm.osp.data.annotations import load_annotations
 from mindspeed_mm.osp.data.buckets import BucketConfig, assign_buckets
 from mindspeed_mm.osp.data.cache import (CacheError, CachedDataset, LatentCache, collate_cached, extract_cache,
-                                         pack_per_video_latents, per_video_name, register_extract, shard_name)
+                                         pack_per_video_latents, per_video_name, shard_name)
 from mindspeed_mm.osp.data.dataset import OSPDataset, SampleConfig
 from mindspeed_mm.osp.text.encoders import TextConditioner
 from mindspeed_mm.osp.text.tiny import tiny_clip_text_encoder, tiny_t5_encoder, tiny_tokenizer
@@ -251,14 +252,20 @@ def test_per_video_name_matches_the_mindspore_extractor(env, monkeypatch):
     assert per_video_name(path) == extract.output_name(path, "safetensors")
 
 
+def test_cli_offers_the_cache_dtypes():
+    from mindspeed_mm.osp.cli.data import EXTRACT_DTYPES
+    from mindspeed_mm.osp.data.cache import DTYPES
+
+    assert EXTRACT_DTYPES == tuple(DTYPES)   # `osp data extract --dtype` names them without importing torch
+
+
 def test_cli_extract_under_torchrun_rank(env, tmp_path, monkeypatch, capsys):
     vae_dir = env.vae.save_pretrained(tmp_path / "vae")
     env.text.encoder.save_pretrained(tmp_path / "t5")
     env.text.tokenizer.save_pretrained(tmp_path / "tok")
     (tmp_path / "buckets.json").write_text(json.dumps(BUCKETS))
-    parser = argparse.ArgumentParser()
-    register_extract(parser.add_subparsers())
-    base = ["extract", str(env.root / "anno.json"), "--config", str(tmp_path / "buckets.json"), "--output",
+    parser = build_parser()
+    base = ["data", "extract", str(env.root / "anno.json"), "--config", str(tmp_path / "buckets.json"), "--output",
             str(tmp_path / "cache"), "--shard-size", "2", "--chunk-frames", "4", "--max-length", "16",
             "--device", "cpu"]
 

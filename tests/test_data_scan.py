@@ -1,14 +1,14 @@
 """`osp data scan`: items probed from real files, captions (sidecar, CSV), skips, order, output files, the CLI."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
 from media import make_garbage, make_image, make_video, truncate_file
+from mindspeed_mm.osp.cli import main
 from mindspeed_mm.osp.data import scan
-from mindspeed_mm.osp.data.scan import MissingCaptionError, register_scan, scan_folder, write_annotation
+from mindspeed_mm.osp.data.scan import MissingCaptionError, scan_folder, write_annotation
 
 pytest.importorskip("av", reason="writing test clips needs PyAV (pip install av)")
 
@@ -102,10 +102,7 @@ def test_write_json_and_jsonl(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def _run(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="osp data")
-    register_scan(parser.add_subparsers(dest="data_command"))
-    args = parser.parse_args(["scan", *map(str, argv)])
-    return args.func(args)
+    return main(["data", "scan", *map(str, argv)])
 
 
 def test_cli_writes_json_and_summary(folder, tmp_path, capsys):

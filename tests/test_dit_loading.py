@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from dit_helpers import one_torch_thread, read_case, run_model  # noqa: F401
 from mindspeed_mm.osp.dit import OSP13DiT, SUVDiT, from_pretrained
-from mindspeed_mm.osp.dit.loading import to_pku_v15
+from mindspeed_mm.osp.checkpoints.keys import to_pku_v15
 
 
 
@@ -85,7 +85,7 @@ def test_v15_tp_leftovers_are_dropped_with_a_note(tmp_path, caplog):
     sd[last + "ff_enc.net.0.proj.weight"] = torch.zeros(4 * d, d)
     sd[last + "ff_enc.net.2.weight"] = torch.zeros(d, 4 * d)
     torch.save({"ema_state_dict": sd}, tmp_path / "model_ema.pt")
-    with caplog.at_level(logging.INFO, logger="mindspeed_mm.osp.dit"):
+    with caplog.at_level(logging.INFO, logger="mindspeed_mm.osp"):
         model = from_pretrained(tmp_path / "model_ema.pt", config=meta["config"])
     assert any("dropping 6 unused last-block" in r.getMessage() for r in caplog.records)
     assert_matches(model, "v15_suv", tensors)

@@ -118,7 +118,7 @@ def test_pipeline_fast_path_gives_the_reference_latents(cfg_mode):
 
 
 def test_default_model_fast_path_gives_the_reference_latents():
-    from mindspeed_mm.osp.pipelines.folder import default_model, load_pipeline
+    from mindspeed_mm.osp.pipelines import default_model, load_pipeline
 
     if default_model() is None:
         pytest.skip("no embedded default model in this install")

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from mindspeed_mm.osp import cli, metrics
+from mindspeed_mm.osp.cli import vae as vae_cli
 from mindspeed_mm.osp.data import video_io
 from mindspeed_mm.osp.data.synthetic import moving_pattern
 from mindspeed_mm.osp.vae import WFVAE
-from mindspeed_mm.osp.vae import cli as vae_cli
+from mindspeed_mm.osp.vae.roundtrip import chunk_counts, reconstruct
 
 pytest.importorskip("av", reason="writing mp4 needs PyAV (pip install av)")
 torch.set_num_threads(2)
@@ -139,8 +140,8 @@ def test_progress_counts_every_chunk(tiny_model):
     vae = WFVAE.from_pretrained(tiny_model)
     video = torch.rand(1, 3, 9, 8, 8) * 2 - 1
     seen = []
-    recon, _, latent_shape = vae_cli.reconstruct(vae, video, chunk_frames=4, on_chunk=seen.append)
-    n_enc, n_dec, dec_chunk = vae_cli.chunk_counts(vae, 9, 4)
+    recon, _, latent_shape = reconstruct(vae, video, chunk_frames=4, on_chunk=seen.append)
+    n_enc, n_dec, dec_chunk = chunk_counts(vae, 9, 4)
     assert (n_enc, n_dec, dec_chunk) == (3, 3, 1)
     assert seen == ["encode"] * n_enc + ["decode"] * n_dec
     assert latent_shape == (1, 4, 3, 1, 1) and recon.shape == video.shape

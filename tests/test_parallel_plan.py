@@ -8,7 +8,7 @@ pytest.importorskip("megatron.core", reason="megatron-core is not installed")
 from mindspeed_mm.osp import cli  # noqa: E402
 from mindspeed_mm.osp.dit.suv import SUVDiT  # noqa: E402
 from mindspeed_mm.osp.parallel import memory  # noqa: E402
-from mindspeed_mm.osp.parallel.plan import plan_for  # noqa: E402
+from mindspeed_mm.osp.parallel.plans import plan_for  # noqa: E402
 
 
 def test_rank_parameter_counts_for_the_8b_suv():

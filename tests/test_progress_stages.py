@@ -44,7 +44,7 @@ def test_convert_prints_its_stages_and_the_output_size(tmp_path, capsys):
 
 
 def test_shared_tensors_are_stored_under_every_name(tmp_path):
-    from mindspeed_mm.osp.dit.loading import write_safetensors_shards
+    from mindspeed_mm.osp.checkpoints.diffusers import write_safetensors_shards
 
     base = torch.arange(12.0)
     state = {"a": base[:6], "b": base[6:], "c": base}        # three views of one storage

@@ -1,7 +1,7 @@
-"""`osp env`: versions, devices and usable backends, with warnings for known bad combinations."""
+"""Versions, devices and usable backends, with warnings for known bad combinations (`osp env`), and what to install
+for a missing optional package (every `osp` command)."""
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import importlib.util
 import platform as _platform
@@ -149,23 +149,3 @@ def format_report(info: dict) -> str:
     for w in info["warnings"]:
         lines.append(f"WARNING: {w}")
     return "\n".join(lines)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("env", help="print versions, devices and usable backends (for bug reports)",
-                              description="Print Python, torch, torch_npu/CANN, MindSpore, megatron-core, MindSpeed, "
-                                          "transformers/diffusers, video readers, devices and usable attention "
-                                          "backends; then a MISSING line per absent optional package (what it "
-                                          "breaks, what to install) and a WARNING per known bad combination.")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    info = collect()
-    if args.json:
-        import json
-        print(json.dumps(info, indent=1))
-    else:
-        print(format_report(info))
-    return 0

@@ -4,7 +4,7 @@ SRC: a diffusers `transformer/` folder (sharded or not), a checkpoint file (v1.5
 `.safetensors`), a Megatron folder at any TP/PP/VPP, or an `osp train` run / checkpoint (`--ema`: its EMA
 weights). DST by `--to`:
   megatron   `latest_checkpointed_iteration.txt` + `release/mp_rank_XX[_YYY]/model_optim_rng.pt`
-             (see mindspeed_mm/osp/convert/megatron.py for the layout; v1.3 names `--names mm|official`)
+             (see mindspeed_mm/osp/checkpoints/megatron.py for the layout; v1.3 names `--names mm|official`)
   official   one file: `.safetensors` or `.pt` (a plain state dict under the official names)
   diffusers  `config.json` + `diffusion_pytorch_model[-0000X-of-0000N].safetensors` (+ index when sharded)
   pipeline   (an `osp train` SRC only) a pipeline folder `osp sample --model` runs: the trained transformer
@@ -13,17 +13,14 @@ Tensors are copied bit-exactly (dtypes kept).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-NAME = "dit"
-HELP = "DiT (v1.3 / v1.5): diffusers / official / Megatron TP x PP x VPP checkpoints (bit-exact)"
 TARGETS = ("megatron", "official", "diffusers", "pipeline")
 
 
 def pick_config(config, version: str, source_config):
     """--config (preset name or JSON file) or SRC's own config; v1.5 falls back to the 8B preset."""
-    from mindspeed_mm.osp.dit.loading import read_config
+    from mindspeed_mm.osp.checkpoints.presets import read_config
     if config is not None:
         return read_config(config)
     if source_config is not None:
@@ -37,8 +34,9 @@ def convert(src, dst, to: str, *, version=None, tp: int = 1, pp: int = 1, vpp=No
     """Convert `src` to the `to` layout at `dst`; `log(message)` hears one line per stage (default: silent)."""
     from mindspeed_mm.osp.files import check_target
     from mindspeed_mm.osp.progress import quiet
-    from mindspeed_mm.osp.convert.megatron import check_against_config, structural_model, write_megatron
-    from mindspeed_mm.osp.dit.loading import diffusers_config, read_checkpoint, write_diffusers_folder
+    from mindspeed_mm.osp.checkpoints.diffusers import write_diffusers_folder
+    from mindspeed_mm.osp.convert.megatron import write_megatron
+    from mindspeed_mm.osp.dit.loading import check_against_config, diffusers_config, read_checkpoint, structural_model
     if to not in TARGETS:
         raise ValueError(f"--to {to!r}: choose one of {TARGETS}")
     dst = Path(dst)
@@ -89,58 +87,3 @@ def _write_file(state_dict: dict, dst: Path) -> Path:
     else:
         replace_file(dst, lambda tmp: torch.save(state_dict, tmp))
     return dst
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--to", required=True, choices=TARGETS, help="layout to write")
-    parser.add_argument("src", help="diffusers transformer/ folder, checkpoint file or Megatron folder")
-    parser.add_argument("dst", help="output folder (megatron, diffusers) or file (official: .safetensors / .pt)")
-    parser.add_argument("--model", choices=("v13", "v15"), help="model family (default: told by the key names)")
-    parser.add_argument("--tp", type=int, default=1, help="megatron: tensor-parallel size")
-    parser.add_argument("--pp", type=int, default=1, help="megatron: pipeline-parallel size")
-    parser.add_argument("--vpp", type=int, help="megatron: virtual stages per pipeline rank (interleaved)")
-    parser.add_argument("--pp-layers", type=_counts, help="megatron: blocks per chunk, comma-separated, in chunk order "
-                                            "vpp_index * pp + pp_rank (default: even split)")
-    parser.add_argument("--names", choices=("mm", "official"), default="mm",
-                        help="megatron, v1.3: MindSpeed-MM names (videodit_sparse_blocks, self_atten, ...) or the "
-                             "diffusers ones")
-    parser.add_argument("--ema", action="store_true",
-                        help="Megatron SRC: read its 'ema_model' weights; `osp train` SRC: its EMA weights")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="load torch pickles fully (training saves hold args, RNG states; trusted files only)")
-    parser.add_argument("--max-shard-size", default="5GB", help="diffusers: largest safetensors shard (e.g. 2GB)")
-    parser.add_argument("--config", help="official kwargs (preset name or JSON): checks the keys; needed for a "
-                                         "v1.3 diffusers folder from a non-diffusers SRC (v1.5 default osp15_suv_8b)")
-    parser.add_argument("--sampling", metavar="SAMPLING.json",
-                        help="pipeline: the model's own sampling settings, a JSON object with any of template "
-                             "(v1.3, v1.5, none), shift (v1.5 sampler), num_frames, height, width, steps, "
-                             "guidance_scale, guidance_rescale, fps (default: the released model's)")
-
-
-def _counts(text: str) -> list:
-    import argparse
-    try:
-        return [int(n) for n in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated block counts, e.g. 14,18") from None
-
-
-def run(args) -> int:
-    from mindspeed_mm.osp.files import read_json_object
-    from mindspeed_mm.osp.progress import stage_printer, wrote
-
-    if args.sampling is not None and args.to != "pipeline":
-        print("osp convert dit: error: --sampling applies to --to pipeline only", file=sys.stderr)
-        return 2
-    try:
-        shard = int(args.max_shard_size) if args.max_shard_size.isdigit() else args.max_shard_size
-        out = convert(args.src, args.dst, args.to, version=args.model, tp=args.tp, pp=args.pp, vpp=args.vpp,
-                      pp_layers=args.pp_layers, names=args.names, ema=args.ema, trust_pickle=args.trust_pickle,
-                      max_shard_size=shard, config=args.config, overwrite=args.overwrite,
-                      sampling=None if args.sampling is None else read_json_object(args.sampling, "--sampling"),
-                      log=stage_printer("convert dit"))
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"osp convert dit: error: {err}", file=sys.stderr)
-        return 2
-    print(wrote(out))
-    return 0

@@ -15,8 +15,6 @@ from typing import Optional
 
 from mindspeed_mm.osp.files import replace_dir, replace_file
 
-NAME = "wfvae"
-HELP = "WF-VAE: official checkpoint <-> mindspeed_mm.osp layout (bit-exact)"
 OFFICIAL_CHECKPOINT_NAME = "merged.ckpt"
 FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 
@@ -29,7 +27,7 @@ def _check_target(dst: Path, overwrite: bool) -> None:
 def read_official(src: str | os.PathLike, config: Optional[dict] = None, weights_only: bool = True):
     """(WFVAEConfig, state dict with official names, Haar filters dropped, dtypes untouched).
     A torch pickle holding non-tensor objects raises `UntrustedPickleError` unless `weights_only=False`."""
-    from mindspeed_mm.osp.dit.loading import load_tensor_file
+    from mindspeed_mm.osp.checkpoints.tensors import load_tensor_file
     from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir
     from mindspeed_mm.osp.vae.official import parse_official
     src = Path(src)
@@ -89,7 +87,7 @@ def osp_to_official(src, dst, overwrite: bool = False, log=None) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from mindspeed_mm.osp.dit.loading import load_tensor_file
+    from mindspeed_mm.osp.checkpoints.tensors import load_tensor_file
     from mindspeed_mm.osp.progress import quiet
     from mindspeed_mm.osp.vae.official import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, config_from_json
     src, dst = Path(src), Path(dst)
@@ -119,45 +117,3 @@ def osp_to_official(src, dst, overwrite: bool = False, log=None) -> Path:
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_official(), indent=1) + "\n")
     replace_dir(dst, write)
     return dst
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--to", required=True, choices=("osp", "official"),
-                        help="osp: official -> ours; official: ours -> official")
-    parser.add_argument("src", help="source checkpoint file or directory")
-    parser.add_argument("dst", help="output directory (or, with --to official, a .ckpt/.pt/.safetensors file)")
-    parser.add_argument("--config", help="official config.json to use (default: SRC's or the one beside it; "
-                                         "shape-derived fields are inferred from the weights)")
-    parser.add_argument("--unsafe-pickle", action="store_true",
-                        help="load torch pickles with weights_only=False (only for checkpoints you trust)")
-
-
-def run(args) -> int:
-    import sys
-
-    from mindspeed_mm.osp.dit.loading import UntrustedPickleError
-    try:
-        return _run(args)
-    except UntrustedPickleError as err:
-        print(f"osp convert wfvae: error: {err.describe('if you trust the file, pass --unsafe-pickle')}",
-              file=sys.stderr)
-        return 2
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"osp convert wfvae: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
-    from mindspeed_mm.osp.progress import stage_printer, wrote
-
-    log = stage_printer("convert wfvae")
-    if args.to == "osp":
-        config = json.loads(Path(args.config).read_text()) if args.config else None
-        out = official_to_osp(args.src, args.dst, overwrite=args.overwrite, config=config,
-                              weights_only=not args.unsafe_pickle, log=log)
-    else:
-        if args.config:
-            raise SystemExit("--config applies to --to osp only")
-        out = osp_to_official(args.src, args.dst, overwrite=args.overwrite, log=log)
-    print(wrote(out))
-    return 0

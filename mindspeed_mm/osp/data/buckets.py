@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -371,3 +372,38 @@ def bucket_config_from_dict(values: dict) -> BucketConfig:
 
 def bucket_config_to_dict(cfg: BucketConfig) -> dict:
     return asdict(cfg)
+
+
+def load_bucket_config(path: str) -> BucketConfig:
+    """A BucketConfig from a JSON file: bucket keys at the top level, under `data.buckets` or `buckets` (a
+    training config), or a MindSpeed-MM data.json (its preprocess_parameters)."""
+    from mindspeed_mm.osp.files import read_json_object
+
+    p = Path(path)
+    values = read_json_object(p, "bucket config")
+    if "dataset_param" in values:
+        cfg, _ = bucket_config_from_mindspeed(values)
+        return cfg
+    if "data" in values and "model" in values:   # an `osp train` config: its rule defaults to model.version
+        values = {"rule": values["model"].get("version", "v1.5"), **values["data"].get("buckets", {})}
+    values = values.get("data", values)
+    values = values.get("buckets", values)
+    try:
+        return bucket_config_from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{p}: {e}") from e
+
+
+def bucket_report(anno, assignment, cfg, *, dp_size: int, micro_batch: int, grad_acc: int,
+                  batch_tokens=None) -> dict:
+    """What `osp data buckets` prints: bucket counts, drops, tokens per sample and the steps per epoch of a layout."""
+    from mindspeed_mm.osp.data.sampler import steps_per_epoch
+
+    tokens = [cfg.tokens(s) for s in assignment.shapes]
+    batches = steps_per_epoch(assignment.bucket_counts(), dp_size, micro_batch, batch_tokens, tokens)
+    return {"buckets": assignment.counts(), "dropped": assignment.dropped(),
+            "tokens_per_sample": {assignment.key(s): t for s, t in zip(assignment.shapes, tokens)
+                                  if assignment.key(s) in assignment.counts()},
+            "items": len(anno), "kept": int((assignment.bucket_of >= 0).sum()),
+            "skipped_unsupported": len(anno.skipped), "global_batches_per_epoch": batches,
+            "steps_per_epoch": batches // grad_acc, "notes": assignment.notes}

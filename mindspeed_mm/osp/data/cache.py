@@ -25,7 +25,6 @@ whose metadata carries the manifest's digest, so an interrupted run resumes wher
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -33,7 +32,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -590,104 +588,3 @@ def collate_cached(samples: list[dict]) -> dict:
         if key in samples[0]:
             batch[key] = torch.stack([s[key] for s in samples])
     return batch
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-def register_extract(data_subparsers) -> None:
-    """Add `extract` to the `osp data` subcommands."""
-    p = data_subparsers.add_parser(
-        "extract", help="encode a dataset once into a feature cache (WF-VAE latents, text embeddings)",
-        description="Encode every kept item of a dataset with the WF-VAE (and text encoders) into a sharded "
-                    "cache that training reads instead of videos. Each video is read as at epoch 0, so its crop "
-                    "is frozen. Under torchrun each rank writes shards s with s % WORLD_SIZE == RANK (no process "
-                    "group needed); a rerun resumes, skipping finished shards.")
-    p.add_argument("data", help="data.txt, an annotation .json/.jsonl, or MindSpeed-MM's data.json")
-    p.add_argument("--config", required=True, metavar="BUCKETS.json",
-                   help="JSON with the bucket settings, as training uses (BucketConfig keys, a training "
-                        "config's data.buckets, or a MindSpeed-MM data.json)")
-    p.add_argument("--vae", required=True, metavar="VAE_DIR", help="WF-VAE folder with config.json")
-    p.add_argument("--text-encoder", metavar="DIR", help="T5/mT5 encoder folder (transformers)")
-    p.add_argument("--tokenizer", metavar="DIR", help="its tokenizer folder")
-    p.add_argument("--pooled-text-encoder", metavar="DIR", help="CLIP text encoder folder (v1.5 pooled input)")
-    p.add_argument("--pooled-tokenizer", metavar="DIR", help="its tokenizer folder")
-    p.add_argument("--max-length", type=int, default=512, help="text tokens, padded and truncated (default 512)")
-    p.add_argument("--output", required=True, metavar="CACHE", help="cache folder")
-    p.add_argument("--shard-size", type=int, default=64, help="items per shard file (default 64)")
-    p.add_argument("--chunk-frames", type=int, default=None, metavar="N",
-                   help="encode N video frames at a time (same latents, less memory; default: whole clip)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
-                   help="dtype of the models and of the stored tensors (default fp32)")
-    p.add_argument("--global-batch", type=int, default=1, metavar="N",
-                   help="samples per optimizer step, as in training: small buckets are merged by it, and the cache "
-                        "only fits a training run with the same buckets (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="sample seed, as in training: picks the frozen crops")
-    p.add_argument("--device", default=None, help="cpu, cuda, npu, ... (default: detected, LOCAL_RANK's device)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="rebuild a cache built with other settings (shards of the same build are still reused)")
-    p.set_defaults(func=run_extract)
-
-
-def _check_inputs(args) -> None:
-    """Problems of the arguments, found before any model is loaded."""
-    if not Path(args.data).is_file():
-        raise FileNotFoundError(f"dataset source {args.data} does not exist")
-    if not (Path(args.vae) / "config.json").is_file():
-        raise FileNotFoundError(f"{args.vae}/config.json is missing: --vae takes a WF-VAE folder "
-                                "(config.json + weights)")
-    pairs = (("--text-encoder", args.text_encoder, "--tokenizer", args.tokenizer),
-             ("--pooled-text-encoder", args.pooled_text_encoder, "--pooled-tokenizer", args.pooled_tokenizer))
-    for enc_flag, enc, tok_flag, tok in pairs:
-        if (enc is None) != (tok is None):
-            raise ValueError(f"{enc_flag} and {tok_flag} go together")
-        if enc is not None and not (Path(enc) / "config.json").is_file():
-            raise FileNotFoundError(f"{enc}/config.json is missing: {enc_flag} takes a transformers model folder")
-        if tok is not None and not Path(tok).is_dir():
-            raise FileNotFoundError(f"tokenizer folder {tok} ({tok_flag}) does not exist")
-    if args.pooled_text_encoder and not args.text_encoder:
-        raise ValueError("--pooled-text-encoder needs --text-encoder (the sequence encoder) as well")
-    for flag in ("shard_size", "global_batch", "max_length"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.chunk_frames is not None and args.chunk_frames < 1:
-        raise ValueError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
-    out = Path(args.output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise PermissionError(f"cannot write to the output folder {out} ({e})") from e
-
-
-def run_extract(args: argparse.Namespace) -> int:
-    from mindspeed_mm.osp.data.annotations import load_annotations
-    from mindspeed_mm.osp.data.buckets import assign_buckets
-    from mindspeed_mm.osp.data.cli import load_bucket_config
-    from mindspeed_mm.osp.data.dataset import SampleConfig
-    from mindspeed_mm.osp.platform import default_device
-    from mindspeed_mm.osp.text.encoders import TextConditioner, load_text_encoder, load_tokenizer
-    from mindspeed_mm.osp.vae.model import WFVAE
-
-    try:
-        _check_inputs(args)
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        cfg = load_bucket_config(args.config)
-        anno = load_annotations(args.data)
-        dataset = OSPDataset(anno, assign_buckets(anno, cfg, args.global_batch), cfg, SampleConfig(seed=args.seed))
-        device = torch.device(args.device) if args.device else default_device()
-        dtype = DTYPES[args.dtype]
-        vae = WFVAE.from_pretrained(args.vae, dtype=dtype).to(device).eval()
-        text = None
-        if args.text_encoder:
-            pooled = {}
-            if args.pooled_text_encoder:
-                pooled = {"pooled_encoder": load_text_encoder(args.pooled_text_encoder, dtype).to(device),
-                          "pooled_tokenizer": load_tokenizer(args.pooled_tokenizer)}
-            text = TextConditioner(load_text_encoder(args.text_encoder, dtype).to(device),
-                                   load_tokenizer(args.tokenizer), args.max_length, **pooled)
-        result = extract_cache(dataset, args.output, vae=vae, text=text, shard_size=args.shard_size, rank=rank,
-                               world=world, chunk_frames=args.chunk_frames, dtype=dtype, overwrite=args.overwrite)
-    except (OSError, ValueError, CacheError) as e:
-        print(f"osp data extract: error: {e}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    return 0

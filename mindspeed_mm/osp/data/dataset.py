@@ -18,6 +18,7 @@ once more than `max_failure_fraction` of the items are bad.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from mindspeed_mm.osp.data.annotations import Annotations
 from mindspeed_mm.osp.data.buckets import BucketAssignment, BucketConfig, frame_interval
-from mindspeed_mm.osp.data.video_io import VideoReadError, read_frames
+from mindspeed_mm.osp.data.video_io import VideoReadError, probe, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,33 @@ def read_image(path: str) -> torch.Tensor:
         raise
     except (UnidentifiedImageError, OSError) as e:
         raise VideoReadError(f"{path}: cannot decode image: {e}") from e
+
+
+def check_item(anno, i: int, backend=None, decode: bool = True) -> list[str]:
+    """Problems of item i: missing file, undecodable media, fewer frames than declared, resolution mismatch."""
+    path = anno.paths[i]
+    if not os.path.isfile(path):
+        return ["missing file"]
+    problems = []
+    try:
+        if anno.is_image[i]:
+            frames = read_image(path)
+            h, w = frames.shape[1:3]
+        else:
+            info = probe(path, backend=backend)
+            h, w = info.height, info.width
+            declared = int(anno.num_frames[i])
+            start = max(0, int(anno.cut[i, 0]))
+            if declared > 0 and decode:
+                read_frames(path, [start + declared - 1], backend=backend)
+            elif declared > 0 and info.num_frames < start + declared:
+                problems.append(f"{info.num_frames} frames in the file, {start + declared} declared")
+    except VideoReadError as e:
+        message = str(e).split(": ", 1)[-1]
+        return [f"unreadable: {message}" if "frame" not in message else f"too few frames: {message}"]
+    if anno.height[i] > 0 and (anno.height[i], anno.width[i]) != (h, w):
+        problems.append(f"resolution {h}x{w} in the file, {anno.height[i]}x{anno.width[i]} declared")
+    return problems
 
 
 class OSPDataset(torch.utils.data.Dataset):

@@ -7,11 +7,9 @@ the file (`clip.mp4` -> `clip.txt`, one caption per non-empty line) or from `--c
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -183,99 +181,3 @@ def write_annotation(path: PathLike, items: Sequence[dict], overwrite: bool = Fa
                 f.write("\n")
     replace_file(path, write)
     return path
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def register_scan(data_subparsers) -> argparse.ArgumentParser:
-    """Add `scan` to the subparsers of `osp data`."""
-    p = data_subparsers.add_parser(
-        "scan", help="build an annotation (.json/.jsonl) from a folder of videos and images",
-        description="Probe every video and image under FOLDER and write an Open-Sora Plan annotation: path "
-                    "(relative to FOLDER), cap, resolution, num_frames, fps. Captions come from a sidecar .txt "
-                    "(clip.mp4 -> clip.txt, one caption per line) or from --captions. Unknown, unreadable and "
-                    "uncaptioned files are skipped and listed.")
-    p.add_argument("folder", metavar="FOLDER", help="folder with the media (searched recursively)")
-    p.add_argument("-o", "--output", required=True, metavar="ANNOTATION",
-                   help="annotation to write: .json (a JSON list) or .jsonl (one item per line)")
-    p.add_argument("--captions", metavar="FILE.csv",
-                   help="CSV with columns path,cap (path relative to FOLDER; several rows give several captions); "
-                        "wins over sidecar .txt files")
-    p.add_argument("--missing-caption", choices=MISSING_CAPTION_MODES, default="skip",
-                   help="media without a caption: leave out (skip, default), stop with an error, or keep with an "
-                        "empty caption")
-    p.add_argument("--workers", type=_positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
-                   help="files probed in parallel (default: min(4, CPU count))")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.set_defaults(func=run_scan)
-    return p
-
-
-def _argument_error(args: argparse.Namespace) -> Optional[str]:
-    """What is wrong with the arguments, checked before any file is probed; None when all is well."""
-    folder, output = Path(args.folder), Path(args.output)
-    if not folder.is_dir():
-        return f"FOLDER {folder} is not an existing folder"
-    if args.captions is not None and not Path(args.captions).is_file():
-        return f"--captions {args.captions}: no such file"
-    if output.suffix.lower() not in ANNOTATION_EXTS:
-        return f"--output {output}: must end in .json (a JSON list) or .jsonl (one item per line)"
-    if output.is_dir():
-        return f"--output {output} is a folder; give a file name ending in .json or .jsonl"
-    if output.exists() and not args.overwrite:
-        return f"--output {output} already exists; pass --overwrite to replace it or choose another path"
-    parent = output.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        return f"--output {output}: cannot write in {parent}"
-    return None
-
-
-def _summary(result: ScanResult, missing_caption: str) -> list[str]:
-    videos = sum("fps" in item for item in result.items)
-    lines = [f"videos:  {videos}", f"images:  {len(result.items) - videos}", f"skipped: {len(result.skipped)}"]
-    by_reason: dict[str, list[str]] = defaultdict(list)
-    for path, reason in result.skipped:
-        category, _, detail = reason.partition(": ")
-        by_reason[category].append(f"{path}: {detail}" if detail else path)
-    for reason, paths in sorted(by_reason.items()):
-        lines.append(f"  {reason}: {len(paths)}")
-        lines += [f"    {p}" for p in paths[:SHOWN_PER_REASON]]
-        if len(paths) > SHOWN_PER_REASON:
-            lines.append(f"    ... and {len(paths) - SHOWN_PER_REASON} more")
-    if missing_caption == "empty" and result.uncaptioned:
-        lines.append(f"written with an empty caption (no caption found): {len(result.uncaptioned)}")
-        lines += [f"  {p}" for p in result.uncaptioned[:SHOWN_PER_REASON]]
-    return lines
-
-
-def run_scan(args: argparse.Namespace) -> int:
-    """Exit codes: 0 written; 2 bad arguments (nothing probed); 1 nothing usable or captions missing (--missing-caption
-    error)."""
-    def fail(message: str, code: int) -> int:
-        print(f"osp data scan: error: {message}", file=sys.stderr)
-        return code
-
-    problem = _argument_error(args)
-    if problem:
-        return fail(problem, 2)
-    try:
-        result = scan_folder(args.folder, captions_csv=args.captions, missing_caption=args.missing_caption,
-                             workers=args.workers, progress=True)
-    except MissingCaptionError as e:
-        return fail(str(e), 1)
-    except ValueError as e:  # a malformed captions CSV
-        return fail(str(e), 2)
-    print("\n".join(_summary(result, args.missing_caption)))
-    if not result.items:
-        return fail(f"no usable media under {args.folder}; nothing written", 1)
-    write_annotation(args.output, result.items, overwrite=args.overwrite)
-    print(f"wrote {len(result.items)} items to {args.output}")
-    return 0

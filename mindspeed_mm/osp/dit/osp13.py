@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mindspeed_mm.osp.checkpoints.keys import load_checked
+from mindspeed_mm.osp.checkpoints.presets import read_preset
 from mindspeed_mm.osp.dit.embeddings import (
     PatchEmbed2D, TextProjection, TimestepEmbedding, text_key_mask, timestep_embedding, unpatchify,
     video_key_mask,
@@ -321,8 +323,6 @@ class OSP13DiT(nn.Module):
     def from_official(cls, config: dict, state_dict: dict, *, dtype: torch.dtype = torch.float32,
                       device: Union[str, torch.device] = "cpu") -> "OSP13DiT":
         """Build from official kwargs and an official (diffusers-named) state dict; strict key check."""
-        from mindspeed_mm.osp.dit.loading import load_checked
-
         inpaint = True if any(key.startswith("pos_embed_masked_hidden_states.") for key in state_dict) else None
         cfg = OSP13Config.from_official(config, inpaint=inpaint)
         with torch.device("meta"):
@@ -333,8 +333,6 @@ class OSP13DiT(nn.Module):
     @classmethod
     def from_preset(cls, name: str = "osp13_t2v_2b", *, device: Union[str, torch.device] = "meta") -> "OSP13DiT":
         """Build a preset (mindspeed_mm/osp/configs/<name>.json) with fresh weights (meta device by default)."""
-        from mindspeed_mm.osp.dit.loading import read_preset
-
         with torch.device(device):
             return cls(OSP13Config.from_official(read_preset(name)))
 

@@ -2,8 +2,8 @@
 Skiparse joint attention with per-stage sparse ratios (released: k = 1, 2, 4, 8, 4, 2, 1).
 
 Blocks live in one flat `transformer_blocks` ModuleList (stage boundaries in `stage_ranges`); the official
-checkpoint's `transformer_blocks.{stage}.{j}` keys are mapped by `loading.suv_official_to_flat`. Inside the
-blocks: sequence-first (S, B, D); LayerNorms, modulation, gates and residual adds run in float32 and are cast
+checkpoint's `transformer_blocks.{stage}.{j}` keys are mapped by `checkpoints.keys.suv_official_to_flat`. Inside
+the blocks: sequence-first (S, B, D); LayerNorms, modulation, gates and residual adds run in float32 and are cast
 back to the stream dtype.
 """
 from __future__ import annotations
@@ -16,6 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mindspeed_mm.osp.checkpoints.keys import (
+    check_keys, drop_tp_leftovers, is_pku_v15, load_checked, rename_pku_v15, suv_flat_to_official, suv_official_to_flat,
+)
+from mindspeed_mm.osp.checkpoints.presets import read_preset
 from mindspeed_mm.osp.dit.embeddings import (
     PatchEmbed2D, TextProjection, TimestepEmbedding, text_key_mask, timestep_embedding, unpatchify,
     video_key_mask,
@@ -380,8 +384,6 @@ class SUVDiT(nn.Module):
                       device: Union[str, torch.device] = "cpu") -> "SUVDiT":
         """Build from SparseUMMDiT kwargs and a MindSpeed-MM (or PKU-named) TP=1 state dict; strict keys,
         except the last block's unused text-stream weights left by TP>1 training (dropped with a note)."""
-        from mindspeed_mm.osp.dit.loading import load_checked
-
         with torch.device("meta"):
             model = cls(SUVConfig.from_official(config))
         load_checked(model, model.state_dict_from_official(state_dict), what="v1.5 SUV DiT", dtype=dtype)
@@ -389,10 +391,6 @@ class SUVDiT(nn.Module):
 
     def state_dict_from_official(self, state_dict: dict) -> dict:
         """An official (MindSpeed-MM or PKU-named) state dict under this module's names, keys checked strictly."""
-        from mindspeed_mm.osp.dit.loading import (
-            check_keys, drop_tp_leftovers, is_pku_v15, rename_pku_v15, suv_official_to_flat,
-        )
-
         if is_pku_v15(state_dict):
             logger.info("renaming PKU-branch v1.5 keys (to_q, add_q_proj, ...) to MindSpeed-MM names")
             state_dict = rename_pku_v15(state_dict)
@@ -403,13 +401,9 @@ class SUVDiT(nn.Module):
     @classmethod
     def from_preset(cls, name: str = "osp15_suv_8b", *, device: Union[str, torch.device] = "meta") -> "SUVDiT":
         """Build a preset (mindspeed_mm/osp/configs/<name>.json) with fresh weights (meta device by default)."""
-        from mindspeed_mm.osp.dit.loading import read_preset
-
         with torch.device(device):
             return cls(SUVConfig.from_official(read_preset(name)))
 
     def official_state_dict(self) -> dict:
         """State dict under the MindSpeed-MM names (`transformer_blocks.{stage}.{j}.*`)."""
-        from mindspeed_mm.osp.dit.loading import suv_flat_to_official
-
         return suv_flat_to_official(self.state_dict(), self.config.num_layers)

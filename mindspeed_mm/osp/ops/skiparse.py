@@ -1,4 +1,5 @@
-"""Skiparse token rearrangements (Open-Sora Plan v1.3 / v1.5), for any sparse ratio k >= 1.
+"""Skiparse token rearrangements (Open-Sora Plan v1.3 / v1.5), for any sparse ratio k >= 1, and `skiparse_attention`
+(its `reference` / `rearrange` paths here, the fused kernels in skiparse_kernels.py).
 
 All functions work on **sequence-first** tensors `x` of shape (S, B, *rest) — the model layout (S, B, hidden)
 or (S, B, heads, head_dim) — on the flat video-token axis, index n = (t*H' + h)*W' + w.
@@ -20,6 +21,8 @@ Single:  (g k) b ... -> g (k b) ...            Group:  (a m k) b ... -> (a k) (m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -130,6 +133,91 @@ def group_ids(length: int, k: int, group: bool, device=None) -> torch.Tensor:
     return (n // k) % k if group else n % k
 
 
+# ------------------------------------------------------------------------------------------------ attention
+@dataclass(frozen=True)
+class SkiparseInputs:
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    sparsity: int
+    group: bool
+    scale: float
+    text_k: Optional[torch.Tensor]
+    text_v: Optional[torch.Tensor]
+    key_mask: Optional[torch.Tensor]   # (B, N) bool, True = masked video key
+    text_mask: Optional[torch.Tensor]  # (B, L) bool, True = masked text key
+
+    def combined_key_mask(self) -> Optional[torch.Tensor]:
+        """(B, N + L) bool over video then text keys, or None when nothing is masked."""
+        if self.key_mask is None and self.text_mask is None:
+            return None
+        b, _, n, _ = self.q.shape
+        video = self.key_mask if self.key_mask is not None else torch.zeros(b, n, dtype=torch.bool, device=self.q.device)
+        if self.text_k is None:
+            return video
+        length = self.text_k.shape[2]
+        text = self.text_mask if self.text_mask is not None else torch.zeros(b, length, dtype=torch.bool,
+                                                                            device=self.q.device)
+        return torch.cat([video, text], dim=1)
+
+
+def rearranged_attention(x: SkiparseInputs, attention_backend: Optional[str]) -> torch.Tensor:
+    """Skiparse by explicit rearrangement + one call of `attention(...)` on k*B sub-sequences."""
+    from .attention import attention
+
+    b, h, n, d = x.q.shape
+    k, group = x.sparsity, x.group
+
+    def to_sub(t: torch.Tensor) -> torch.Tensor:  # (B, H, N, D) -> (k*B, H, N'/k, D)
+        return skiparse(t.permute(2, 0, 1, 3), k, group).permute(1, 2, 0, 3)
+
+    q, key, value = to_sub(x.q), to_sub(x.k), to_sub(x.v)
+    mask = skiparse_key_mask(x.key_mask, n, b, k, group, device=x.q.device)  # (k*B, N'/k) or None
+    if x.text_k is not None:
+        key = torch.cat([key, x.text_k.repeat(k, 1, 1, 1)], dim=2)
+        value = torch.cat([value, x.text_v.repeat(k, 1, 1, 1)], dim=2)
+        if mask is not None or x.text_mask is not None:
+            length = x.text_k.shape[2]
+            if mask is None:
+                mask = torch.zeros(k * b, q.shape[2], dtype=torch.bool, device=q.device)
+            text = x.text_mask if x.text_mask is not None else torch.zeros(b, length, dtype=torch.bool,
+                                                                           device=q.device)
+            mask = torch.cat([mask, text.repeat(k, 1)], dim=1)
+    if mask is not None:
+        mask = mask[:, None, None, :]
+    out = attention(q, key, value, layout="BNSD", mask=mask, scale=x.scale, backend=attention_backend)
+    return unskiparse(out.permute(2, 0, 1, 3), k, group, n).permute(1, 2, 0, 3)
+
+
+def _reference(x: SkiparseInputs) -> torch.Tensor:
+    return rearranged_attention(x, "reference")
+
+
+def resolve_backend(name: Optional[str], device: torch.device) -> tuple[Callable[[SkiparseInputs], torch.Tensor], str]:
+    """(function, resolved name). None picks ascendc on NPU (when its custom ops are installed), else `rearrange`.
+    The Triton kernels are opt-in (`triton_skiparse`): they have run in Triton's CPU interpreter only, never on a
+    GPU, so a CUDA machine with triton installed does not get them by default."""
+    from .skiparse_kernels import FUSED
+
+    if name is None:
+        name = "ascendc" if device.type == "npu" and FUSED["ascendc"].available() else "rearrange"
+    if name == "rearrange" or name.startswith("rearrange:"):
+        inner = name.partition(":")[2] or None
+        return (lambda x: rearranged_attention(x, inner)), name
+    if name == "reference":
+        return _reference, name
+    if name not in FUSED:
+        raise ValueError(f"unknown skiparse backend {name!r}; choose one of {sorted(['reference', *FUSED])} or "
+                         f"'rearrange[:<attention backend>]'")
+    backend = FUSED[name]
+    if not backend.available():
+        raise RuntimeError(f"skiparse backend {name!r} is not usable here: {backend.description}")
+    return backend.fn, name
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
+
 
 def skiparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sparsity: int, group: bool,
                        text_k: torch.Tensor | None = None, text_v: torch.Tensor | None = None,
@@ -147,8 +235,6 @@ def skiparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, spa
     backend: "reference", "rearrange[:<attention backend>]", "ascendc_shim", "ascendc", "triton_skiparse";
     None picks ascendc on NPU, triton_skiparse on CUDA, else rearrange over the default attention backend.
     """
-    from .skiparse_kernels import SkiparseInputs, default_scale, resolve_backend
-
     _check_k(sparsity)
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must share one BNSD shape (B, heads, N, head_dim); got {tuple(q.shape)}, "

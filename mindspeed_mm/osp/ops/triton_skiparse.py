@@ -272,6 +272,17 @@ class _TritonSkiparse(torch.autograd.Function):
         return dq, dk, dv, dtk, dtv, None, None, None, None, None
 
 
+def check_tiles(head_dim: int, tiles: tuple[int, int], on_gpu: bool) -> None:
+    """Triton kernel tiles are powers of two >= 16 (0 = 64); on a GPU `tl.dot` also needs the padded head dim >= 16."""
+    bad = [t for t in tiles if t and (t < 16 or t & (t - 1))]
+    if bad:
+        raise ValueError(f"triton_skiparse tile sizes {bad} are not powers of two >= 16 (0 picks 64)")
+    if on_gpu and head_dim <= 8:
+        raise ValueError(f"triton_skiparse needs head_dim > 8 on a GPU (tl.dot works on tiles of >= 16 lanes; "
+                         f"head_dim {head_dim} pads to {1 << max(head_dim - 1, 0).bit_length()}); use the "
+                         "'rearrange' skiparse backend for such heads")
+
+
 def triton_skiparse_attention(q, k, v, *, sparsity: int, group: bool, scale: float, text_k=None, text_v=None,
                               key_mask=None, block_m: int = 0, block_n: int = 0) -> torch.Tensor:
     """Skiparse attention with the Triton kernels (BNSD, original token order).
@@ -282,8 +293,6 @@ def triton_skiparse_attention(q, k, v, *, sparsity: int, group: bool, scale: flo
     """
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton_skiparse takes float16/bfloat16/float32 inputs, got {q.dtype}")
-    from .skiparse_kernels import check_tiles
-
     check_tiles(q.shape[-1], (block_m, block_n), on_gpu=q.is_cuda)
     tensors = [t.contiguous() if t is not None else None for t in (q, k, v, text_k, text_v)]
     if key_mask is not None:

@@ -14,7 +14,14 @@ piecewise. See docs/parallel.md.
 from __future__ import annotations
 
 from mindspeed_mm.osp.parallel.layout import Layout, current as current_layout, initialize
-from mindspeed_mm.osp.parallel.plan import ParallelPlan, register_plan
+from mindspeed_mm.osp.parallel.plan import ParallelPlan
+
+
+def register_plan(class_name: str, make_plan) -> None:
+    """Make `plan_for` (and so `parallelize`) use `make_plan(model)` for models of class `class_name` (or a
+    subclass of it)."""
+    from mindspeed_mm.osp.parallel.plans import register_plan as _register_plan
+    _register_plan(class_name, make_plan)
 
 
 def parallelize(model, recompute="none", device=None):

@@ -10,6 +10,7 @@ pipeline stage) and in the token-wise head (last stage), and how to run the mode
     out    = plan.finish(model, tokens, inputs)  # whole-sequence work (unpatchify)
 
 `sequence_keys(key)` says which state entries are cut along the sequence (residual streams, long-skip stacks).
+The plans of the OSP denoisers, and `plan_for(model)`, are in plans.py.
 """
 from __future__ import annotations
 
@@ -78,19 +79,3 @@ class ParallelPlan:
         if any(fnmatchcase(name, p) for p in self.ulysses_out):
             return "out"
         return None
-
-
-_PLANS: Dict[str, Callable[[torch.nn.Module], ParallelPlan]] = {}
-
-
-def register_plan(class_name: str, make_plan: Callable[[torch.nn.Module], ParallelPlan]) -> None:
-    _PLANS[class_name] = make_plan
-
-
-def plan_for(model: torch.nn.Module) -> ParallelPlan:
-    import mindspeed_mm.osp.parallel.plans  # noqa: F401  (registers the OSP denoisers' plans)
-    for cls in type(model).__mro__:
-        if cls.__name__ in _PLANS:
-            return _PLANS[cls.__name__](model)
-    raise TypeError(f"no parallel plan for {type(model).__name__}; known: {sorted(_PLANS)} "
-                    "(register one with mindspeed_mm.osp.parallel.register_plan)")

@@ -1,4 +1,5 @@
-"""Parallel plans for the OSP denoisers (layer split per specs/dit.md 6.2 / 7.1, MindSpeed-MM's layout).
+"""Parallel plans for the OSP denoisers (layer split per specs/dit.md 6.2 / 7.1, MindSpeed-MM's layout), and the
+registry `plan_for(model)` looks plans up in (by class name, along the MRO; `register_plan` adds one).
 
 The pieces run the models' own `prepare` / `run_blocks` / `head`; only the state changes form: the pipeline
 carries a flat dict of tensors (sequence tensors in S-B-H layout), packed from and unpacked into the models'
@@ -7,10 +8,13 @@ state dataclasses here.
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Callable, Dict
+
+import torch
 
 from mindspeed_mm.osp.dit.osp13 import OSP13State
 from mindspeed_mm.osp.dit.suv import SUVState
-from mindspeed_mm.osp.parallel.plan import ParallelPlan, register_plan
+from mindspeed_mm.osp.parallel.plan import ParallelPlan
 
 _BLK = "transformer_blocks.*."
 _STRUCTURED = ("rope_tables", "skips", "grid", "plan")  # state fields that are not single tensors
@@ -114,5 +118,17 @@ def suv_plan(model) -> ParallelPlan:
     )
 
 
-register_plan("OSP13DiT", osp13_plan)
-register_plan("SUVDiT", suv_plan)
+# ------------------------------------------------------------------------------------------------ registry
+_PLANS: Dict[str, Callable[[torch.nn.Module], ParallelPlan]] = {"OSP13DiT": osp13_plan, "SUVDiT": suv_plan}
+
+
+def register_plan(class_name: str, make_plan: Callable[[torch.nn.Module], ParallelPlan]) -> None:
+    _PLANS[class_name] = make_plan
+
+
+def plan_for(model: torch.nn.Module) -> ParallelPlan:
+    for cls in type(model).__mro__:
+        if cls.__name__ in _PLANS:
+            return _PLANS[cls.__name__](model)
+    raise TypeError(f"no parallel plan for {type(model).__name__}; known: {sorted(_PLANS)} "
+                    "(register one with mindspeed_mm.osp.parallel.register_plan)")

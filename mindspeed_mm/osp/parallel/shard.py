@@ -11,7 +11,8 @@ from megatron.core.enums import ModelType
 from mindspeed_mm.osp import platform
 from mindspeed_mm.osp.parallel import layout as _layout
 from mindspeed_mm.osp.parallel.layers import KINDS, model_parallel_config
-from mindspeed_mm.osp.parallel.plan import ParallelPlan, plan_for
+from mindspeed_mm.osp.parallel.plan import ParallelPlan
+from mindspeed_mm.osp.parallel.plans import plan_for
 from mindspeed_mm.osp.parallel.ulysses import heads_to_sequence, sequence_to_heads
 
 

@@ -38,7 +38,7 @@ def load_state_dict(pmodel, state_dict: dict) -> None:
     """Copy a whole single-device state dict (the model's names, as `full_state_dict` returns, or the official
     checkpoint names) into this rank's part: its stages' tensors, its TP slice of the split ones. Keys are
     checked strictly against the whole model. Every rank passes the whole dict (load it with mmap)."""
-    from mindspeed_mm.osp.dit.loading import check_keys
+    from mindspeed_mm.osp.checkpoints.keys import check_keys
     if any(hasattr(chunk, "module") for chunk in pmodel.chunks):
         raise RuntimeError("load_state_dict must come before make_optimizer (the optimizer keeps its own copy of "
                            "the weights); to resume training use parallel.load_checkpoint")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from .assemble import assemble_pipeline
-from .folder import default_model, load_pipeline, save_pipeline
+from .folder import default_model
 from .geometry import VideoGeometry
 from .offload import BlockOffload
 from .presets import PRESETS, build_preset
-from .video import DEFAULTS, VideoPipeline
+from .video import DEFAULTS, VideoPipeline, load_pipeline, save_pipeline
 
 __all__ = ["BlockOffload", "assemble_pipeline", "DEFAULTS", "default_model", "PRESETS", "VideoGeometry", "VideoPipeline", "build_preset", "load_pipeline",
            "save_pipeline"]

@@ -4,7 +4,6 @@ transformers text-encoder / tokenizer folders (google/mt5-xxl; google/t5-v1_1-xl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -47,29 +46,3 @@ def assemble_pipeline(version: str, transformer, vae, text_encoder, tokenizer=No
     pipe = VideoPipeline(version, dit, vae_model, text, sampler)
     pipe.dtype = dtype
     return pipe
-
-
-def check_components(version: str, transformer, vae, text) -> None:
-    """Raise naming the mismatch when the parts cannot work together (channels, compression, text widths)."""
-    cfg = transformer.config
-    tf = {"v1.3": 4, "v1.5": 8}[version]
-    if int(vae.config.temporal_compression) != tf:
-        raise ValueError(f"{version} needs a WF-VAE with temporal compression {tf}, this one has "
-                         f"{vae.config.temporal_compression}")
-    if int(vae.config.latent_dim) != int(cfg.in_channels):
-        raise ValueError(f"the VAE has {vae.config.latent_dim} latent channels but the denoiser takes "
-                         f"in_channels={cfg.in_channels}")
-    if text is None:
-        return
-    width = getattr(text.encoder.config, "d_model", None) or getattr(text.encoder.config, "hidden_size", None)
-    if width != int(cfg.caption_channels):
-        raise ValueError(f"the text encoder outputs {width} channels but the denoiser expects "
-                         f"caption_channels={cfg.caption_channels}")
-    pooled_dim: Optional[int] = getattr(cfg, "pooled_projection_dim", None)
-    if pooled_dim is not None:
-        if text.pooled_encoder is None:
-            raise ValueError("the v1.5 denoiser needs a pooled (CLIP) text encoder")
-        got = int(text.pooled_encoder.config.projection_dim)
-        if got != int(pooled_dim):
-            raise ValueError(f"the CLIP text encoder projects to {got} but the denoiser expects "
-                             f"pooled_projection_dim={pooled_dim}")

@@ -1,16 +1,21 @@
-"""Text-to-video and image-to-video sampling for Open-Sora Plan v1.3 (Skiparse DiT) and v1.5 (SUV MMDiT)."""
+"""Text-to-video and image-to-video sampling for Open-Sora Plan v1.3 (Skiparse DiT) and v1.5 (SUV MMDiT), and
+pipeline folders (`save_pipeline` / `load_pipeline`; the layout is in folder.py)."""
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from ..diffusion import classifier_free_guidance
-from ..text import TEMPLATES, PromptTemplate, TextConditioner, TextEmbeddings
-from .assemble import check_components
+from ..diffusion import classifier_free_guidance, load_sampler
+from ..files import replace_dir
+from ..text import TEMPLATES, PromptTemplate, TextConditioner, TextEmbeddings, load_text_encoder, load_tokenizer
 from .conditioning import compress_mask, masked_video_and_mask
+from .folder import INDEX_FILE, PIPELINE_CLASS, component_folder, load_transformer, save_transformer
 from .geometry import VideoGeometry
 from .offload import BlockOffload
 
@@ -74,15 +79,11 @@ class VideoPipeline:
 
     # ------------------------------------------------------------------ folders
     def save_pretrained(self, folder, overwrite: bool = False, max_shard_size="5GB"):
-        """Write the diffusers-style pipeline folder (see pipelines/folder.py)."""
-        from .folder import save_pipeline
-
+        """Write the diffusers-style pipeline folder (`save_pipeline`; layout: pipelines/folder.py)."""
         return save_pipeline(self, folder, overwrite=overwrite, max_shard_size=max_shard_size)
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> "VideoPipeline":
-        from .folder import load_pipeline
-
         return load_pipeline(folder, dtype=dtype)
 
     # ------------------------------------------------------------------ placement
@@ -250,3 +251,113 @@ class VideoPipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         z = self.vae.unscale_latents(latents.to(self.device, self.dtype))
         return self.vae.decode(z, self.vae_chunk_frames).float().clamp(-1, 1)
+
+
+# ------------------------------------------------------------------------------------------------ components
+def check_components(version: str, transformer, vae, text) -> None:
+    """Raise naming the mismatch when the parts cannot work together (channels, compression, text widths)."""
+    cfg = transformer.config
+    tf = {"v1.3": 4, "v1.5": 8}[version]
+    if int(vae.config.temporal_compression) != tf:
+        raise ValueError(f"{version} needs a WF-VAE with temporal compression {tf}, this one has "
+                         f"{vae.config.temporal_compression}")
+    if int(vae.config.latent_dim) != int(cfg.in_channels):
+        raise ValueError(f"the VAE has {vae.config.latent_dim} latent channels but the denoiser takes "
+                         f"in_channels={cfg.in_channels}")
+    if text is None:
+        return
+    width = getattr(text.encoder.config, "d_model", None) or getattr(text.encoder.config, "hidden_size", None)
+    if width != int(cfg.caption_channels):
+        raise ValueError(f"the text encoder outputs {width} channels but the denoiser expects "
+                         f"caption_channels={cfg.caption_channels}")
+    pooled_dim: Optional[int] = getattr(cfg, "pooled_projection_dim", None)
+    if pooled_dim is not None:
+        if text.pooled_encoder is None:
+            raise ValueError("the v1.5 denoiser needs a pooled (CLIP) text encoder")
+        got = int(text.pooled_encoder.config.projection_dim)
+        if got != int(pooled_dim):
+            raise ValueError(f"the CLIP text encoder projects to {got} but the denoiser expects "
+                             f"pooled_projection_dim={pooled_dim}")
+
+
+# ------------------------------------------------------------------------------------------------ folders
+def save_pipeline(pipe, folder, overwrite: bool = False, max_shard_size="5GB") -> Path:
+    """Write all components to a temporary folder next to `folder`, then move it into place (the transformer's
+    weights in safetensors shards of at most `max_shard_size`)."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} already exists; pass overwrite=True (CLI: --overwrite) or choose another folder")
+    if pipe.text is None:
+        raise RuntimeError("cannot save a pipeline whose text encoders were freed")
+
+    def write(tmp: Path) -> None:
+        from ..progress import bar
+
+        parts = [("transformer", lambda: save_transformer(pipe.transformer, tmp / "transformer", max_shard_size)),
+                 ("vae", lambda: pipe.vae.save_pretrained(tmp / "vae")),
+                 ("text_encoder", lambda: pipe.text.encoder.save_pretrained(tmp / "text_encoder")),
+                 ("tokenizer", lambda: pipe.text.tokenizer.save_pretrained(tmp / "tokenizer"))]
+        if pipe.text.pooled_encoder is not None:
+            parts += [("text_encoder_2", lambda: pipe.text.pooled_encoder.save_pretrained(tmp / "text_encoder_2")),
+                      ("tokenizer_2", lambda: pipe.text.pooled_tokenizer.save_pretrained(tmp / "tokenizer_2"))]
+        with bar(total=len(parts), desc="writing components", unit="part") as progress:
+            for name, save in parts:
+                progress.set_postfix_str(name)
+                save()
+                progress.update(1)
+        index = {
+            "_class_name": PIPELINE_CLASS,
+            "version": pipe.version,
+            "template": next((name for name, t in TEMPLATES.items() if t is pipe.template), pipe.template.__dict__),
+            "max_length": pipe.text.max_length,
+            "transformer": ["mindspeed_mm.osp.dit", type(pipe.transformer).__name__],
+            "vae": ["mindspeed_mm.osp.vae", type(pipe.vae).__name__],
+            "text_encoder": ["transformers", type(pipe.text.encoder).__name__],
+            "tokenizer": ["transformers", type(pipe.text.tokenizer).__name__],
+            "scheduler": [type(pipe.sampler).__module__.rsplit(".", 1)[0], type(pipe.sampler).__name__],
+        }
+        if pipe.text.pooled_encoder is not None:
+            index["text_encoder_2"] = ["transformers", type(pipe.text.pooled_encoder).__name__]
+            index["tokenizer_2"] = ["transformers", type(pipe.text.pooled_tokenizer).__name__]
+            index["max_length_2"] = pipe.text.pooled_max_length
+        if pipe.defaults != DEFAULTS[pipe.version]:    # the model's own sampling settings (size, steps, ...)
+            index["defaults"] = dataclasses.asdict(pipe.defaults)
+        pipe.sampler.save_pretrained(tmp / "scheduler")
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+
+    replace_dir(folder, write)
+    return folder
+
+
+def load_pipeline(folder, dtype: torch.dtype = torch.float32, text_dtype: Optional[torch.dtype] = None):
+    """Read a pipeline folder; every component is loaded on the CPU (move it with `.to`)."""
+    from ..vae import WFVAE
+
+    folder = Path(folder)
+    index_file = folder / INDEX_FILE
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{index_file} is missing: --model must be a pipeline folder written by "
+                                "`save_pretrained` (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    index = json.loads(index_file.read_text())
+    if index.get("_class_name") != PIPELINE_CLASS:
+        raise ValueError(f"{index_file}: _class_name {index.get('_class_name')!r} is not {PIPELINE_CLASS!r}")
+    version = index["version"]
+    text_dtype = text_dtype or dtype
+    components = ["transformer", "vae", "text_encoder", "tokenizer", "scheduler"]
+    if "text_encoder_2" in index:
+        components += ["text_encoder_2", "tokenizer_2"]
+    paths = {name: component_folder(folder, name) for name in components}
+    transformer = load_transformer(paths["transformer"], dtype)
+    vae = WFVAE.from_pretrained(paths["vae"], dtype=dtype).eval().requires_grad_(False)
+    pooled = pooled_tok = None
+    if "text_encoder_2" in paths:
+        pooled, pooled_tok = load_text_encoder(paths["text_encoder_2"], text_dtype), load_tokenizer(paths["tokenizer_2"])
+    text = TextConditioner(load_text_encoder(paths["text_encoder"], text_dtype), load_tokenizer(paths["tokenizer"]),
+                           index.get("max_length", 512), pooled, pooled_tok, index.get("max_length_2", 77))
+    template = index.get("template", version)
+    template = TEMPLATES[template] if isinstance(template, str) else PromptTemplate(**template)
+    pipe = VideoPipeline(version, transformer, vae, text, load_sampler(paths["scheduler"]), template)
+    if "defaults" in index:
+        pipe.defaults = dataclasses.replace(pipe.defaults, **index["defaults"])
+    pipe.dtype = dtype
+    return pipe

@@ -3,6 +3,7 @@ TINY_WORDS), and, over a dataset's own vocabulary, the frozen text encoders of t
 (`osp text tiny`, `save_tiny_text_encoders`)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -13,6 +14,11 @@ TINY_WORDS = (
     "forest mountain sunset night rain snow running walking flying red blue green slow motion camera close up "
     "nsfw lowres bad anatomy worst low normal blurry watermark text"
 ).split()
+
+
+def caption_words(captions) -> list[str]:
+    """Sorted distinct lower-case words (letters, digits, _) of `captions`, as the word tokenizer splits them."""
+    return sorted({w for c in captions for w in re.findall(r"\w+", c.lower())})
 
 
 def _vocab_size(words: Sequence[str]) -> int:

@@ -432,7 +432,7 @@ def rank_drop_of(config: TrainConfig):
 
 def check_files(config: TrainConfig) -> None:
     """The paths the run reads exist (before any allocation)."""
-    from mindspeed_mm.osp.dit.loading import PRESET_DIR
+    from mindspeed_mm.osp.checkpoints.presets import PRESET_DIR
 
     m, d = config.model, config.data
     missing = []

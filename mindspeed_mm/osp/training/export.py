@@ -84,7 +84,7 @@ def read_training_checkpoint(path: PathLike, ema: bool = False) -> tuple[str, di
             torch.distributed.destroy_process_group()
     state = {k: v.contiguous() for k, v in state.items()}
     if config.model.version == "v1.5":   # the SUV module's flat block names -> transformer_blocks.{stage}.{j}
-        from mindspeed_mm.osp.dit.loading import suv_flat_to_official
+        from mindspeed_mm.osp.checkpoints.keys import suv_flat_to_official
         return "v15", suv_flat_to_official(state, cfg.num_layers), model_config
     return "v13", state, model_config
 

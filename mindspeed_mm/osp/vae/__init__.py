@@ -5,7 +5,7 @@
 """
 import importlib
 
-# Imported on first use, so `osp --help` (which imports `vae.cli`) does not load torch.
+# Imported on first use, so importing the package (or one of its light modules) does not load torch.
 _EXPORTS = {"WFVAE": "model", "WFVAEConfig": "config", "load_preset": "config", "preset_names": "config",
             "DiagonalGaussian": "distribution"}
 __all__ = list(_EXPORTS)

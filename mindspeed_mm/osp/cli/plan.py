@@ -1,4 +1,5 @@
-"""`osp plan`: per-rank memory estimate of a parallel training layout (checkpoint re-cutting: `osp convert dit`)."""
+"""`osp plan`: per-rank memory estimate of a parallel training layout (library: mindspeed_mm.osp.parallel.memory;
+checkpoint re-cutting: `osp convert dit`)."""
 from __future__ import annotations
 
 MODELS = {"v13": ("mindspeed_mm.osp.dit.osp13", "OSP13DiT"), "v15": ("mindspeed_mm.osp.dit.suv", "SUVDiT")}
@@ -49,7 +50,7 @@ def _check_layout(parser, args, heads: int, layers: int) -> None:
 def _plan(args) -> int:
     import importlib
     from mindspeed_mm.osp.parallel import memory
-    from mindspeed_mm.osp.parallel.plan import plan_for
+    from mindspeed_mm.osp.parallel.plans import plan_for
     parser = args.plan_parser
     version, vae, text = PRESETS[args.preset]
     _check_input(parser, args, vae)

@@ -2,7 +2,6 @@
 (the embedded default model's text_encoder/ and text_encoder_2/, or any small experiment)."""
 from __future__ import annotations
 
-import re
 import sys
 
 
@@ -29,14 +28,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=_tiny)
 
 
-def caption_words(captions) -> list[str]:
-    """Sorted distinct lower-case words (letters, digits, _) of `captions`, as the word tokenizer splits them."""
-    return sorted({w for c in captions for w in re.findall(r"\w+", c.lower())})
-
-
 def _tiny(args) -> int:
     from mindspeed_mm.osp.data.annotations import AnnotationError, load_annotations
-    from mindspeed_mm.osp.text.tiny import save_tiny_text_encoders
+    from mindspeed_mm.osp.text.tiny import caption_words, save_tiny_text_encoders
 
     try:
         if args.dim < 8 or args.dim % 2 or (args.pooled_dim is not None and args.pooled_dim < 1):

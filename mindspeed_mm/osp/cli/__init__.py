@@ -1,4 +1,6 @@
-"""The `osp` command. Each area registers its own subcommands; heavy imports happen inside the handlers."""
+"""The `osp` command: one module per top-level command, each with `register(subparsers)` (the argparse
+definition) and its handlers (argument checks, printing, calls into the library). Heavy imports happen inside the
+handlers, so building the parser loads neither torch nor numpy."""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +8,20 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# Modules with a `register(subparsers)` function, in the order `osp --help` lists them.
+# The command modules, in the order `osp --help` lists them.
 COMMAND_MODULES = (
-    "mindspeed_mm.osp.envinfo",
-    "mindspeed_mm.osp.data.cli",
-    "mindspeed_mm.osp.text.cli",
-    "mindspeed_mm.osp.vae.cli",
-    "mindspeed_mm.osp.ops.adavg",
-    "mindspeed_mm.osp.convert.cli",
-    "mindspeed_mm.osp.training.cli",
-    "mindspeed_mm.osp.download",
-    "mindspeed_mm.osp.sample",
-    "mindspeed_mm.osp.eval.cli",
-    "mindspeed_mm.osp.parallel.commands",
+    "mindspeed_mm.osp.cli.env",
+    "mindspeed_mm.osp.cli.data",
+    "mindspeed_mm.osp.cli.text",
+    "mindspeed_mm.osp.cli.vae",
+    "mindspeed_mm.osp.cli.adavg",
+    "mindspeed_mm.osp.cli.convert",
+    "mindspeed_mm.osp.cli.train",
+    "mindspeed_mm.osp.cli.download",
+    "mindspeed_mm.osp.cli.sample",
+    "mindspeed_mm.osp.cli.make_pipeline",
+    "mindspeed_mm.osp.cli.eval",
+    "mindspeed_mm.osp.cli.plan",
 )
 
 
@@ -52,7 +55,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # out, so nothing half-written is left under the output names.
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

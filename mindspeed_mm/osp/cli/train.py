@@ -1,4 +1,5 @@
-"""`osp train --config CONFIG.json [--output DIR] [--resume auto|PATH|none] [section.key=value ...]`."""
+"""`osp train --config CONFIG.json [--output DIR] [--resume auto|PATH|none] [section.key=value ...]`: a denoiser job
+(mindspeed_mm.osp.training.job) or, for a config with "task": "vae", a WF-VAE job (training.vae_job)."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
-"""`osp sample`: text-to-video / image-to-video from a pipeline folder or a tiny random preset."""
+"""`osp sample`: text-to-video / image-to-video from a pipeline folder or a tiny random preset (library:
+mindspeed_mm.osp.pipelines)."""
 from __future__ import annotations
 
 import argparse
@@ -80,88 +81,6 @@ def register(subparsers) -> None:
     p.add_argument("--cp", type=int, default=1, help="context-parallel (Ulysses) degree (under torchrun)")
     p.set_defaults(func=run)
 
-    m = subparsers.add_parser("make-pipeline", help="assemble a pipeline folder from released checkpoints",
-                              description="Load the released parts in their published layouts, check that they fit "
-                                          "together, and write one pipeline folder for `osp sample --model`.")
-    m.add_argument("--version", choices=("v1.3", "v1.5"), required=True,
-                   help="model family of the parts: v1.3 (Skiparse DiT, mT5-XXL, 4x8x8 WF-VAE) or v1.5 (SUV, "
-                        "T5-XL + CLIP-bigG, 8x8x8 WF-VAE)")
-    m.add_argument("--transformer", required=True,
-                   help="v1.3: diffusers transformer/ folder; v1.5: model_ema.pt, model_optim_rng.pt; either: a "
-                        "Megatron folder (any TP/PP, merged)")
-    m.add_argument("--transformer-config", help="official kwargs (JSON file or preset): v1.5 default osp15_suv_8b; "
-                                                "needed for a v1.3 Megatron folder (e.g. osp13_t2v_2b)")
-    m.add_argument("--vae", required=True, help="WF-VAE folder (config.json + checkpoint) or checkpoint file")
-    m.add_argument("--text-encoder", required=True, help="transformers folder: mT5-XXL (v1.3) / T5-v1.1-XL (v1.5)")
-    m.add_argument("--tokenizer", help="tokenizer folder (default: the text encoder folder)")
-    m.add_argument("--text-encoder-2", help="v1.5: CLIP-ViT-bigG-14 folder (CLIPTextModelWithProjection)")
-    m.add_argument("--tokenizer-2", help="v1.5: CLIP tokenizer folder (default: the CLIP folder)")
-    m.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype the weights are stored in")
-    m.add_argument("--output", required=True, help="pipeline folder to write")
-    m.add_argument("--max-shard-size", default="5GB",
-                   help="largest transformer safetensors shard (e.g. 2GB; bigger weights are split, with an index)")
-    m.add_argument("--overwrite", action="store_true", help="replace an existing --output folder (atomically)")
-    m.set_defaults(func=run_make_pipeline)
-
-
-def _check_make_pipeline_inputs(args: argparse.Namespace) -> None:
-    """Before loading anything: each given path exists, and the weights files are real checkpoints."""
-    from mindspeed_mm.osp.dit.loading import check_checkpoint_path
-    for flag, path in (("--transformer", args.transformer), ("--vae", args.vae),
-                       ("--text-encoder", args.text_encoder), ("--tokenizer", args.tokenizer),
-                       ("--text-encoder-2", args.text_encoder_2), ("--tokenizer-2", args.tokenizer_2)):
-        if path is not None and not Path(path).exists():
-            raise SystemExit(f"error: problem: {flag} {path} does not exist; fix: check the path")
-    for flag, path in (("--transformer", args.transformer), ("--vae", args.vae)):
-        try:
-            check_checkpoint_path(path, flag)
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"error: {err}")
-
-
-def _untrusted_pickle_fix(flag: str, path) -> str:
-    """What to do when a released part is a pickle with non-tensor objects (make-pipeline never unpickles them)."""
-    if flag == "--transformer":
-        return (f"make-pipeline loads plain weights only; if you trust the file, extract them with `osp convert dit "
-                f"--to official --trust-pickle {path} weights.safetensors` and pass --transformer weights.safetensors")
-    return (f"make-pipeline loads plain weights only; if you trust the file, convert it with `osp convert wfvae "
-            f"--to osp --unsafe-pickle {path} vae_folder` and pass --vae vae_folder")
-
-
-def run_make_pipeline(args: argparse.Namespace) -> int:
-    import pickle
-
-    import torch
-
-    from mindspeed_mm.osp.dit.loading import UntrustedPickleError, untrusted_pickle
-    from .pipelines import assemble_pipeline
-    from .progress import stage_printer, wrote
-
-    log = stage_printer("make-pipeline")
-
-    if Path(args.output).exists() and not args.overwrite:
-        raise SystemExit(f"error: {args.output} exists; pass --overwrite or choose another --output")
-    _check_make_pipeline_inputs(args)
-    try:
-        pipe = assemble_pipeline(args.version, args.transformer, args.vae, args.text_encoder, args.tokenizer,
-                                 args.text_encoder_2, args.tokenizer_2, args.transformer_config,
-                                 dtype=getattr(torch, DTYPES[args.dtype]), log=log)
-        log(f"writing the pipeline folder {args.output} (transformer shards of at most {args.max_shard_size})")
-        folder = pipe.save_pretrained(args.output, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
-    except UntrustedPickleError as err:  # the denoiser (dit.loading)
-        raise SystemExit(f"error: {err.describe(_untrusted_pickle_fix('--transformer', err.path))}")
-    except (FileNotFoundError, ValueError) as err:
-        cause = err.__cause__
-        if isinstance(cause, pickle.UnpicklingError):  # the VAE's reader (vae.checkpoint) wraps torch's refusal
-            refused = untrusted_pickle(args.vae, cause)
-            if refused is not None:
-                raise SystemExit(f"error: {refused.describe(_untrusted_pickle_fix('--vae', args.vae))}")
-            raise SystemExit(f"error: problem: --vae {args.vae} is a damaged torch checkpoint; fix: re-download "
-                             "or re-export it")
-        raise SystemExit(f"error: {err}")
-    print(f"{wrote(folder, f'{args.version}, {args.dtype}')}; sample with: osp sample --model {folder} --prompt ...")
-    return 0
-
 
 def read_prompts(args) -> List[str]:
     prompts = list(args.prompt)
@@ -228,7 +147,7 @@ def parse_images(specs: List[str], height: int, width: int) -> Dict[int, "torch.
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    from .files import replace_file
+    from mindspeed_mm.osp.files import replace_file
 
     replace_file(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1) + "\n"))
 
@@ -236,7 +155,7 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 def _save_latents_atomic(path: Path, latents) -> None:
     from safetensors.torch import save_file
 
-    from .files import replace_file
+    from mindspeed_mm.osp.files import replace_file
 
     replace_file(path, lambda tmp: save_file({"latents": latents.detach().float().cpu().contiguous()}, tmp))
 
@@ -245,7 +164,7 @@ def model_version(args) -> str:
     """v1.3 / v1.5 from the preset name, or the pipeline folder's model_index.json (else transformer/config.json);
     reads only those small JSON files. Neither --model nor --preset: the embedded default model (set here)."""
     if args.model is None and args.preset is None:
-        from .pipelines.folder import DEFAULT_MODEL, default_model
+        from mindspeed_mm.osp.pipelines.folder import DEFAULT_MODEL, default_model
 
         if default_model() is None:
             raise _usage(f"no --model or --preset given and this install has no embedded default model "
@@ -255,7 +174,7 @@ def model_version(args) -> str:
         print(f"osp sample: using the embedded default model ({args.model}): a tiny v1.5 model trained on "
               "coloured shapes; it draws prompts like 'a red circle moving to the right'", file=sys.stderr)
     if args.preset:
-        from .pipelines.presets import PRESETS
+        from mindspeed_mm.osp.pipelines.presets import PRESETS
 
         if args.preset not in PRESETS:
             raise _usage(f"unknown --preset {args.preset!r}; available: {', '.join(PRESETS)}")
@@ -331,7 +250,7 @@ def check_request(args, version: str) -> None:
             raise _usage(f"--image {image_spec(spec)[0]} does not exist")
     if args.pad:
         return
-    from .pipelines.geometry import VideoGeometry
+    from mindspeed_mm.osp.pipelines.geometry import VideoGeometry
 
     geometry = VideoGeometry(temporal_factor=TEMPORAL_FACTOR[version])
     tf, stride = geometry.temporal_factor, geometry.size_stride
@@ -352,8 +271,8 @@ def check_request(args, version: str) -> None:
 def build_pipeline(args):
     import torch
 
-    from .pipelines import build_preset, load_pipeline
-    from .platform import default_device
+    from mindspeed_mm.osp.pipelines import build_preset, load_pipeline
+    from mindspeed_mm.osp.platform import default_device
 
     device = torch.device(args.device) if args.device else default_device()
     args.dtype = args.dtype or ("fp32" if device.type == "cpu" else "bf16")
@@ -380,7 +299,7 @@ def build_pipeline(args):
         pipe.enable_block_offload()
     pipe.to(device, dtype)
     if args.refiner:
-        from .text import PromptRefiner
+        from mindspeed_mm.osp.text import PromptRefiner
         pipe.refiner = PromptRefiner(args.refiner, device=pipe.text_device or device)
     return pipe
 
@@ -389,8 +308,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from . import __version__
-    from .data.video_io import model_output_to_frames, write_video
+    from mindspeed_mm.osp import __version__
+    from mindspeed_mm.osp.data.video_io import model_output_to_frames, write_video
 
     # everything that can be checked without the weights is checked first (loading takes minutes)
     prompts = read_prompts(args)
@@ -398,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     check_request(args, model_version(args))
     check_video_writer()
     check_writable(paths[0])
-    from .pipelines.parallel_run import parallelize_pipeline, setup_parallel
+    from mindspeed_mm.osp.pipelines.parallel_run import parallelize_pipeline, setup_parallel
 
     ranks = setup_parallel(args.tp, args.cp)
     mine = [i for i in range(len(prompts)) if ranks.owns(i)]

@@ -1,4 +1,5 @@
-"""`osp vae ...` commands. `osp vae reconstruct IN.mp4 OUT.mp4 --model PATH`: encode and decode a clip, print PSNR/SSIM.
+"""`osp vae ...` commands. `osp vae reconstruct IN.mp4 OUT.mp4 --model PATH`: encode and decode a clip, print PSNR/SSIM
+(library: mindspeed_mm.osp.vae.roundtrip); `osp vae stats`: the latent normaliser (mindspeed_mm.osp.vae.stats).
 
 `osp vae reconstruct --demo OUT.mp4` needs no input or weights: it writes a clip next to OUT (`<OUT stem>_input.mp4`)
 and reconstructs it: with the embedded default model's WF-VAE on a held-out shapes clip when that model is
@@ -12,14 +13,18 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+
+from mindspeed_mm.osp.vae.roundtrip import chunk_counts, reconstruct
 
 DTYPES = ("fp32", "bf16", "fp16")
 DEMO_PRESET = "tiny_v13"
 DEMO_FRAMES, DEMO_SIZE, DEMO_FPS, DEMO_CHUNK_FRAMES = 17, 64, 8.0, 8
 DEFAULT_FPS = 24.0
+STATS_DESCRIPTION = ("Latent statistics of a WF-VAE over a dataset, and the normaliser they give (`scale` = 1/std, "
+                     "`shift` = mean per latent channel), as the released configs carry: a denoiser trains on "
+                     "`(z - shift) * scale`, about unit variance.")
 
 
 def _int_at_least(minimum: int):
@@ -94,8 +99,14 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --demo's random weights")
     p.set_defaults(func=run_reconstruct)
 
-    from mindspeed_mm.osp.vae.stats import register as register_stats
-    register_stats(sub)
+    p = sub.add_parser("stats", help="latent mean/std over a dataset; --write stores the normaliser (scale, shift)",
+                       description=STATS_DESCRIPTION)
+    p.add_argument("vae", metavar="VAE_DIR", help="WF-VAE folder (config.json + weights)")
+    p.add_argument("--data", required=True, help="data.txt or an annotation .json/.jsonl of videos")
+    p.add_argument("--clips", type=int, default=64, help="videos used, spread evenly over the dataset (default 64)")
+    p.add_argument("--max-frames", type=int, default=33, help="frames encoded per video (default 33)")
+    p.add_argument("--write", action="store_true", help="write scale = 1/std and shift = mean into config.json")
+    p.set_defaults(func=run_stats)
 
 
 def _fail(msg: str) -> int:
@@ -311,43 +322,34 @@ def _reconstruct_command(args: argparse.Namespace, inp: Optional[Path], out: Pat
     return 0
 
 
-def chunk_counts(vae, frames: int, chunk_frames) -> tuple[int, int, Optional[int]]:
-    """(encoder calls, decoder calls, decoder chunk in latent frames) for a clip of `frames` valid frames.
+# ------------------------------------------------------------------------------------------------ stats
+def run_stats(args) -> int:
+    from mindspeed_mm.osp.data.annotations import AnnotationError, load_annotations
+    from mindspeed_mm.osp.data.video_io import VideoReadError
+    from mindspeed_mm.osp.vae.model import WFVAE
+    from mindspeed_mm.osp.vae.official import CONFIG_FILE
+    from mindspeed_mm.osp.vae.stats import latent_statistics, write_normaliser
 
-    `chunk_frames` counts video frames; the decoder takes `chunk_frames // R` latent frames per chunk (at least 1),
-    the same mapping as `WFVAE.reconstruct`.
-    """
-    latent_frames = (frames - 1) // vae.temporal_compression + 1
-    if chunk_frames is None:
-        return 1, 1, None
-    dec_chunk = max(1, chunk_frames // vae.temporal_compression)
-    return math.ceil(frames / chunk_frames), math.ceil(latent_frames / dec_chunk), dec_chunk
+    def fail(message: str) -> int:
+        print(f"osp vae stats: error: {message}", file=sys.stderr)
+        return 2
 
-
-def reconstruct(vae, video, *, chunk_frames: Optional[int] = None, pad: bool = False,
-                on_chunk: Optional[Callable[[str], None]] = None):
-    """`video` (1, 3, T, H, W) in [-1, 1] -> (reconstruction, {"encode": s, "decode": s}, latent shape).
-
-    Encodes to the posterior mode and decodes; with `pad=True` invalid sizes are padded and the output cropped
-    back. `on_chunk("encode" | "decode")` is called after every chunk the encoder/decoder processes (forward hooks:
-    the VAE streams the chunks itself, with its causal cache, so the result equals whole-clip inference).
-    """
-    import torch
-
-    hooks = []
-    if on_chunk is not None:
-        hooks = [vae.encoder.register_forward_hook(lambda *_: on_chunk("encode")),
-                 vae.decoder.register_forward_hook(lambda *_: on_chunk("decode"))]
-    dec_chunk = chunk_counts(vae, 1, chunk_frames)[2]
+    if args.clips < 1 or args.max_frames < 1:
+        return fail("--clips and --max-frames must be >= 1")
+    if not (Path(args.vae) / CONFIG_FILE).is_file():
+        return fail(f"{args.vae}/{CONFIG_FILE} is missing: give a WF-VAE folder (config.json + weights)")
     try:
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            posterior = vae.encode(video, chunk_frames=chunk_frames, pad=pad)
-            latents = posterior.mode()
-            t1 = time.perf_counter()
-            recon = vae.decode(latents, chunk_frames=dec_chunk, output_size=posterior.original_size)
-            t2 = time.perf_counter()
-    finally:
-        for h in hooks:
-            h.remove()
-    return recon, {"encode": t1 - t0, "decode": t2 - t1}, tuple(latents.shape)
+        anno = load_annotations(args.data)
+        vae = WFVAE.from_pretrained(args.vae).eval()
+        mean, std, used = latent_statistics(vae, anno, args.clips, args.max_frames)
+    except (AnnotationError, FileNotFoundError, ValueError, VideoReadError) as e:
+        return fail(str(e))
+    print(f"{used} clips; per latent channel (mean, std) -> shift = mean, scale = 1/std:")
+    for c, (m, v) in enumerate(zip(mean, std)):
+        print(f"  {c:3d}  {m:+.4f}  {v:.4f}  scale {1 / v:.4f}")
+    if args.write:
+        write_normaliser(Path(args.vae), mean, std)
+        print(f"wrote scale and shift into {Path(args.vae) / CONFIG_FILE}")
+    else:
+        print("(pass --write to store them in the folder's config.json)")
+    return 0
