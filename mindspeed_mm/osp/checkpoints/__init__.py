@@ -8,6 +8,8 @@ and never on each other:
   model family told by the key names;
 * `presets`: the official config kwargs in mindspeed_mm/osp/configs;
 * `megatron`: Megatron `mp_rank` folders (layout, TP/PP split and merge under a parallel plan's rules).
+* `runs`: the folder layout of `osp train` runs (`checkpoints/latest`, `iter_XXXXXXX/`), told apart without
+  megatron-core.
 
 Nothing here imports a model, the parallel engine or a converter: what needs a model (a parallel plan) is passed in.
 """

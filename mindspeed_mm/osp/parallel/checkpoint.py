@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from megatron.core import parallel_state
 
+from mindspeed_mm.osp.checkpoints.runs import LATEST, iteration_dir, resolve
 from mindspeed_mm.osp.parallel import rng
 
-LATEST = "latest"
 logger = logging.getLogger(__name__)
 
 
@@ -37,10 +37,6 @@ class Resumed:
     extra: dict = field(default_factory=dict)   # the dict passed to save_checkpoint(extra=...)
     rng_restored: bool = False                   # False when the layout differs from the saved one
     tensors: dict = field(default_factory=dict)  # {group: {name: this rank's tensor}} for the groups asked for
-
-
-def iteration_dir(directory: str, iteration: int) -> str:
-    return os.path.join(directory, f"iter_{iteration:07d}")
 
 
 def _model_sharded_state_dict(pmodel, values: dict | None = None, prefix: str = "") -> dict:
@@ -210,18 +206,6 @@ def save_checkpoint(pmodel, optimizer, directory: str, iteration: int, extra: di
         os.replace(marker, os.path.join(directory, LATEST))
     _barrier()
     return final
-
-
-def resolve(directory: str) -> str:
-    """An iteration folder, or a checkpoint root whose `latest` marker names one."""
-    marker = os.path.join(directory, LATEST)
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            return iteration_dir(directory, int(f.read().strip()))
-    if os.path.isfile(os.path.join(directory, "metadata.json")):
-        return directory
-    raise FileNotFoundError(f"{directory} is neither a checkpoint folder (iter_XXXXXXX) nor a root with a "
-                            f"'{LATEST}' marker; pass the folder given to parallel.save_checkpoint")
 
 
 def _note(message: str) -> None:

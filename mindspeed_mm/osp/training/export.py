@@ -16,24 +16,14 @@ from typing import Optional, Union
 
 import torch
 
+from mindspeed_mm.osp.checkpoints.runs import engine_checkpoint_folder as checkpoint_folder
+
 PathLike = Union[str, Path]
 
 
-def checkpoint_folder(path: PathLike) -> Optional[Path]:
-    """The iteration folder a run folder / checkpoints root / iteration folder names, or None if it is none."""
-    from mindspeed_mm.osp.parallel.checkpoint import LATEST, resolve
-    from mindspeed_mm.osp.training.job import CHECKPOINTS
-
-    path = Path(path)
-    if (path / CHECKPOINTS / LATEST).is_file():
-        path = path / CHECKPOINTS
-    if not ((path / LATEST).is_file() or (path / "metadata.json").is_file() and (path / "common.pt").is_file()):
-        return None
-    folder = Path(resolve(str(path)))
-    return folder if (folder / "common.pt").is_file() else None
-
-
 def is_training_checkpoint(path: PathLike) -> bool:
+    """Whether `path` is an `osp train` run of a DiT (or its checkpoints root / iteration folder); megatron-core is
+    imported only when the folder has the engine checkpoint's layout."""
     folder = checkpoint_folder(path)
     if folder is None:
         return False

@@ -25,12 +25,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from mindspeed_mm.osp.checkpoints.runs import RUN_CHECKPOINTS
 from mindspeed_mm.osp.training.config import (
     TINY, ConfigError, TrainConfig, accumulation_steps, bucket_config, check_files, clip_of, inpaint_config,
     rank_drop_of, sample_config,
 )
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = RUN_CHECKPOINTS
 RESOLVED_CONFIG = "config.json"
 # may differ between a checkpoint's run and its resumption (nothing else may)
 RESUMABLE_CHANGES = ("steps", "checkpoint.", "logging.", "parallel.", "data.num_workers", "data.micro_batch_size",

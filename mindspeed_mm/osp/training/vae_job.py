@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mindspeed_mm.osp.checkpoints.runs import LATEST
 from mindspeed_mm.osp.files import replace_dir, replace_file
 from mindspeed_mm.osp.training.config import ConfigError
 from mindspeed_mm.osp.training.job import (CHECKPOINTS, RESOLVED_CONFIG, StopRequest, _seeded, check_resume_config,
@@ -42,7 +43,6 @@ from mindspeed_mm.osp.vae.causal_conv import reset_streams
 from mindspeed_mm.osp.vae.distribution import DiagonalGaussian
 
 STATE = "state.pt"
-LATEST = "latest"
 EXPORT = Path("export") / "vae"
 # may differ between a checkpoint's run and its resumption (nothing else may)
 RESUMABLE_CHANGES = ("steps", "checkpoint.", "logging.", "data.num_workers", "data.micro_batch_size", "export")
