@@ -57,7 +57,7 @@ def bench(path: Path, args, device) -> dict:
     from mindspeed_mm.osp.training.config import clip_of, load_config
     from mindspeed_mm.osp.training.ema import ShardedEMA
     from mindspeed_mm.osp.training.flops import training_flops
-    from mindspeed_mm.osp.training.job import model_spec, official_model_config
+    from mindspeed_mm.osp.training.models import model_spec, official_model_config
     from mindspeed_mm.osp.training.objectives import loss_fn
     from mindspeed_mm.osp.training.runlog import peak_flops
     from mindspeed_mm.osp.training.step import training_step

@@ -26,10 +26,6 @@ KNOWN_BACK_EDGES = {
     # training engine: dit.loading -> training.export -> training.job / pipelines.video -> ... -> dit.loading.
     # To remove: read `osp train` runs one layer up only (convert.dit already does, for `osp convert dit`).
     ("dit.loading", "training.export"),
-    # training.sampling (the sample videos during training) builds its pipeline with training.job's model_spec and
-    # build_encoders, and training.job calls training.sampling. To remove: move model_spec, build_encoders (and what
-    # training.export takes from training.job: CHECKPOINTS, single_process_group) to a module below both.
-    ("training.sampling", "training.job"),
 }
 
 # (modules under this prefix, must not import modules under these prefixes, why)

@@ -35,7 +35,8 @@ DIT_CONFIGS = sorted(p for p in (ROOT / "examples" / "train").glob("*.json") if 
 @pytest.mark.parametrize("path", DIT_CONFIGS, ids=lambda p: p.stem)   # WF-VAE configs: test_vae_train.py
 def test_shipped_configs_are_valid_and_fit_their_layout(path):
     from mindspeed_mm.osp.training.config import load_config
-    from mindspeed_mm.osp.training.job import check_layout, official_model_config
+    from mindspeed_mm.osp.training.job import check_layout
+    from mindspeed_mm.osp.training.models import official_model_config
 
     config = load_config(path)
     check_layout(config, official_model_config(config))

@@ -47,7 +47,8 @@ def read_training_checkpoint(path: PathLike, ema: bool = False) -> tuple[str, di
     """(version "v13"/"v15", state dict under the official names, official model kwargs) of the weights (or,
     with `ema`, the EMA weights) of a training checkpoint."""
     from mindspeed_mm.osp import parallel
-    from mindspeed_mm.osp.training.job import model_spec, single_process_group
+    from mindspeed_mm.osp.training.job import single_process_group
+    from mindspeed_mm.osp.training.models import model_spec
 
     config, model_config, folder = run_config(path)
     if ema and not config.optimizer.ema:
@@ -106,7 +107,7 @@ def export_pipeline(src: PathLike, dst: PathLike, *, ema: bool = False, overwrit
     from mindspeed_mm.osp.files import check_target
     from mindspeed_mm.osp.pipelines.video import VideoPipeline
     from mindspeed_mm.osp.text import TEMPLATES
-    from mindspeed_mm.osp.training.job import build_encoders, model_spec
+    from mindspeed_mm.osp.training.models import build_encoders, model_spec
 
     check_target(Path(dst), overwrite)
     config, model_config, _ = run_config(src)

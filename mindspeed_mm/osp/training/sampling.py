@@ -62,7 +62,7 @@ class PeriodicSampler:
         from mindspeed_mm.osp.diffusion import FlowMatchEulerSampler, v13_sampler
         from mindspeed_mm.osp.pipelines.video import VideoPipeline
         from mindspeed_mm.osp.text import TEMPLATES
-        from mindspeed_mm.osp.training.job import build_encoders, model_spec
+        from mindspeed_mm.osp.training.models import build_encoders, model_spec
 
         s, version = self.settings, config.model.version
         with torch.random.fork_rng(devices=_rng_devices(device)):
