@@ -222,7 +222,7 @@ def test_scorers_captions_and_skipped_stages_are_reported(tmp_path):
     stages = result["report"]["stages"]
     assert stages["aesthetic"]["dropped"] == {"aesthetic < 3": 1}
     assert stages["caption"]["dropped"] == {"no caption": 1}
-    assert stages["quality"]["note"].startswith("skipped: DOVER is not bundled") and stages["quality"]["in"] == 0
+    assert stages["quality"]["note"].startswith("skipped: no local DOVER: give --dover-dir") and stages["quality"]["in"] == 0
     # a captioner hook instead of sidecars: every clip captioned, none dropped for it
     run(raw, tmp_path / "hook", "motion", captions="curate_hooks:caption_from_name")
     assert {i["cap"] for i in anno(tmp_path / "hook")} >= {"a clip from nocap.mp4 frames 0-24"}

@@ -326,3 +326,114 @@ def test_quality_hook_gets_clip_views_with_crops(tmp_path):
         run(raw, tmp_path / "bad", "quality", quality_scorer="curate_hooks:no_such_scorer")
     assert not (tmp_path / "bad").exists()
 
+
+
+# A stand-in for DOVER's own package (`pip install -e` of its clone provides `dover`): the sampler and view functions
+# with DOVER's signatures, and a "network" that records the views it gets and returns one score per view, in the
+# views' order like DOVER's `forward`. Its one weight, `scale`, comes from DOVER.pth, so a score proves the load.
+FAKE_DOVER = {
+    "__init__.py": "",
+    "datasets.py": '''
+import torch.nn.functional as F
+
+
+class UnifiedFrameSampler:
+    def __init__(self, fsize_t, fragments_t, frame_interval=1, num_clips=1):
+        self.count, self.interval = fsize_t * fragments_t * num_clips, frame_interval
+
+    def __call__(self, total_frames):
+        return [(self.interval * i) % total_frames for i in range(self.count)]
+
+
+def get_single_view(video, sample_type, **opt):
+    size = ((opt["fsize_h"] * opt["fragments_h"], opt["fsize_w"] * opt["fragments_w"]) if sample_type == "technical"
+            else (opt["size_h"], opt["size_w"]))
+    return F.interpolate(video.float(), size=size, mode="area")      # (3, T, H, W)
+''',
+    "models.py": '''
+import torch
+
+CALLS = []
+
+
+class DOVER(torch.nn.Module):
+    def __init__(self, backbone_preserve_keys="technical,aesthetic", **kwargs):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, vclips):
+        CALLS.append({k: tuple(v.shape) for k, v in vclips.items()})
+        return [self.scale * v.mean() * (1 if k == "technical" else -100) for k, v in vclips.items()]
+''',
+}
+DOVER_YML = """   # the aesthetic view first: the score must be picked by name
+data:
+  val-l1080p:
+    args:
+      sample_types:
+        aesthetic: {size_h: 8, size_w: 8, clip_len: 32, frame_interval: 2, t_frag: 32, num_clips: 1}
+        technical: {fragments_h: 2, fragments_w: 2, fsize_h: 4, fsize_w: 4, aligned: 4, clip_len: 32,
+                    frame_interval: 2, num_clips: 3}
+model:
+  args: {backbone_preserve_keys: "technical,aesthetic"}
+"""
+
+
+@pytest.fixture
+def fake_dover(tmp_path, monkeypatch):
+    code = tmp_path / "dover_code"
+    for name, text in FAKE_DOVER.items():
+        (code / "dover").mkdir(parents=True, exist_ok=True)
+        (code / "dover" / name).write_text(text)
+    clone = tmp_path / "DOVER"
+    (clone / "pretrained_weights").mkdir(parents=True)
+    (clone / "dover.yml").write_text(DOVER_YML)
+    torch.save({"scale": torch.tensor(2.0)}, clone / "pretrained_weights" / "DOVER.pth")
+    for name in ("dover", "dover.models", "dover.datasets"):
+        monkeypatch.delitem(__import__("sys").modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(code))
+    return clone
+
+
+def dover_reference(frames: np.ndarray) -> float:
+    """The technical score by hand: DOVER's technical frame indices (32 x 3 at interval 2, wrapping), 8x8 area
+    views, ImageNet mean/std in 0-255, mean x the weights' scale (2), normalised as DOVER's fuse_results."""
+    idx = [(2 * i) % len(frames) for i in range(96)]
+    video = torch.from_numpy(frames[idx]).permute(3, 0, 1, 2).float()
+    view = F.interpolate(video, size=(8, 8), mode="area")
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1, 1)
+    return (2 * float(((view - mean) / std).mean()) - 0.1107) / 0.07355
+
+
+def test_dover_dir_scores_the_technical_view_and_drops_below_the_threshold(tmp_path, fake_dover):
+    raw = tmp_path / "raw"
+    write(raw / "bright.mp4", np.clip(moving(12, seed=1).astype(int) + 60, 0, 255).astype(np.uint8))
+    write(raw / "dark.mp4", (moving(12, seed=2) // 3).astype(np.uint8))
+    out = tmp_path / "out"
+    cfg = dict(dover_dir=str(fake_dover))
+    probe = run(raw, tmp_path / "probe", "quality", quality_min=-1e9, **cfg)
+    assert probe["report"]["stages"]["quality"]["note"] == f"DOVER technical score ({fake_dover})"
+    scores = {i["source"]: i["quality_score"] for i in anno(tmp_path / "probe")}
+    for name, item in ((i["source"], i) for i in anno(tmp_path / "probe")):
+        assert item["quality_score"] == pytest.approx(dover_reference(decoded(tmp_path / "probe", item)), abs=2e-3)
+    assert scores["bright.mp4"] - scores["dark.mp4"] > 1.0
+    from dover.models import CALLS
+    assert CALLS[-1] == {"aesthetic": (1, 3, 32, 8, 8), "technical": (3, 3, 32, 8, 8)}
+    threshold = (scores["bright.mp4"] + scores["dark.mp4"]) / 2
+    result = run(raw, out, "quality", quality_min=threshold, **cfg)
+    assert [i["source"] for i in anno(out)] == ["bright.mp4"]
+    assert result["report"]["stages"]["quality"]["dropped"] == {f"quality <= {threshold:g}": 1}
+
+
+def test_dover_dir_problems_are_one_error_before_any_output(tmp_path, fake_dover, monkeypatch):
+    raw = tmp_path / "raw"
+    write(raw / "a.mp4", moving(12, seed=1))
+    (fake_dover / "pretrained_weights" / "DOVER.pth").rename(tmp_path / "DOVER.pth")
+    with pytest.raises(ValueError, match=r"missing .*DOVER\.pth"):
+        run(raw, tmp_path / "o1", "quality", dover_dir=str(fake_dover))
+    (tmp_path / "DOVER.pth").rename(fake_dover / "pretrained_weights" / "DOVER.pth")
+    monkeypatch.setitem(__import__("sys").modules, "dover", None)     # DOVER's code not installed
+    with pytest.raises(ValueError, match="pip install -e"):
+        run(raw, tmp_path / "o2", "quality", dover_dir=str(fake_dover))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -480,9 +480,12 @@ def register_curate(sub) -> None:
     g.add_argument("--aesthetic-scorer", default=None,
                    help="module:function scoring a clip (ClipView) instead of the LAION predictor")
     g.add_argument("--quality-min", type=float, default=0.0, help="clips must score above this (default 0)")
+    g.add_argument("--dover-dir", default=None,
+                   help="a clone of github.com/VQAssessment/DOVER (dover.yml, pretrained_weights/DOVER.pth), "
+                        "installed with pip install -e: its technical score (or env OSP_DOVER_DIR); without it "
+                        "or --quality-scorer the quality stage is skipped and the report says so")
     g.add_argument("--quality-scorer", default=None,
-                   help="module:function wrapping a local DOVER technical score (or env OSP_QUALITY_SCORER); "
-                        "without it the quality stage is skipped and the report says so")
+                   help="module:function scoring a clip (ClipView) instead of DOVER (or env OSP_QUALITY_SCORER)")
     p.set_defaults(func=_run(curate_command))
 
 
@@ -510,7 +513,7 @@ def curate_command(args) -> int:
             "max_frames", "motion_metric", "motion_low", "motion_high", "max_flow_residual", "motion_fps",
             "analysis_size", "lpips_vgg", "lpips_lin", "ocr_fps", "ocr_edge", "ocr_central", "ocr_detector",
             "ocr_weights", "aesthetic_min", "aesthetic_frames", "aesthetic_head", "aesthetic_clip",
-            "aesthetic_scorer", "quality_min", "quality_scorer", "captions")
+            "aesthetic_scorer", "quality_min", "quality_scorer", "dover_dir", "captions")
     cfg = CurateConfig(stages=stages, **{k: getattr(args, k) for k in keys})
     index, count = parse_shard(args)
     result = curate(args.raw, args.output, cfg, workers=args.workers, shard_index=index, shard_count=count,

@@ -45,7 +45,8 @@ class CurateConfig:
     aesthetic_clip: Optional[str] = None   # local CLIP ViT-L/14 folder (transformers format); env OSP_AESTHETIC_CLIP
     aesthetic_scorer: Optional[str] = None  # "module:function" instead of the LAION predictor
     quality_min: float = 0.0               # paper: DOVER technical score > 0
-    quality_scorer: Optional[str] = None   # "module:function" wrapping a local DOVER; env OSP_QUALITY_SCORER
+    quality_scorer: Optional[str] = None   # "module:function" scoring a clip instead; env OSP_QUALITY_SCORER
+    dover_dir: Optional[str] = None        # a DOVER clone (dover.yml, pretrained_weights/DOVER.pth); env OSP_DOVER_DIR
     # LPIPS weights (cuts/motion with lpips); env OSP_LPIPS_VGG / OSP_LPIPS_LIN
     lpips_vgg: Optional[str] = None
     lpips_lin: Optional[str] = None
@@ -57,6 +58,7 @@ class CurateConfig:
         self.stages = tuple(self.stages)
         env = {"ocr_weights": "OSP_EASYOCR_DIR", "aesthetic_head": "OSP_AESTHETIC_HEAD",
                "aesthetic_clip": "OSP_AESTHETIC_CLIP", "quality_scorer": "OSP_QUALITY_SCORER",
+               "dover_dir": "OSP_DOVER_DIR",
                "lpips_vgg": "OSP_LPIPS_VGG", "lpips_lin": "OSP_LPIPS_LIN"}
         for key, var in env.items():
             if getattr(self, key) is None and os.environ.get(var):

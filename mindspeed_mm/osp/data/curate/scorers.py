@@ -1,9 +1,9 @@
 """Pluggable clip scorers (aesthetic, technical quality), hooks given as `module:function`, and local LPIPS.
 
 A scorer takes a `ClipView` and returns a float. Built in: the LAION aesthetic predictor (CLIP ViT-L/14 image
-embeddings -> MLP) when its two weight files exist locally. DOVER is not bundled: give `--quality-scorer
-module:function` wrapping a local DOVER. Nothing is ever downloaded; a stage whose scorer is unavailable is
-skipped and the report says why."""
+embeddings -> MLP) when its two weight files exist locally, and DOVER's technical score through a local DOVER
+installation (`dover.py`; DOVER itself is not bundled). Nothing is ever downloaded; a stage whose scorer is
+unavailable is skipped and the report says why."""
 from __future__ import annotations
 
 import importlib
@@ -165,10 +165,14 @@ def aesthetic_scorer(cfg) -> tuple[Optional[Callable], str]:
 
 
 def quality_scorer(cfg) -> tuple[Optional[Callable], str]:
+    """(scorer, note): a hook, DOVER's technical score from a local clone, or None with the reason."""
     if cfg.quality_scorer:
         return load_callable(cfg.quality_scorer), f"hook {cfg.quality_scorer}"
-    return None, ("skipped: DOVER is not bundled; give --quality-scorer module:function (or OSP_QUALITY_SCORER) "
-                  "wrapping a local DOVER technical score")
+    if cfg.dover_dir:
+        from mindspeed_mm.osp.data.curate.dover import DoverTechnical
+        return DoverTechnical(cfg.dover_dir), f"DOVER technical score ({cfg.dover_dir})"
+    return None, ("skipped: no local DOVER: give --dover-dir (a clone of github.com/VQAssessment/DOVER with its "
+                  "weights, installed with pip install -e; or OSP_DOVER_DIR), or --quality-scorer module:function")
 
 
 def lpips_model(cfg):
