@@ -19,9 +19,28 @@ them. Non-finite norms never reach `decide` (the step is skipped before), so a N
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 ON_EXTREME = ("skip", "clip", "stop")
+
+
+def update_statistics(ema: float, var: float, value: float, decay: float) -> tuple[float, float]:
+    """One step of the running gradient-norm statistics (the v1.5 rule's order): the EMA first, then the variance
+    around the updated EMA."""
+    ema = decay * ema + (1 - decay) * value
+    return ema, decay * var + (1 - decay) * (ema - value) ** 2
+
+
+class NormStatistics:
+    """Checkpointed state of a rule that keeps running gradient-norm statistics (`ema`, `var`, `started`) and
+    counters (`counts`)."""
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "var": self.var, "started": self.started, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.var = float(state["ema"]), float(state["var"])
+        self.started, self.counts = bool(state["started"]), dict(state["counts"])
 
 
 @dataclass
@@ -33,7 +52,7 @@ class ClipDecision:
 
 
 @dataclass
-class AdaptiveGradClip:
+class AdaptiveGradClip(NormStatistics):
     decay: float = 0.99
     max_init: float = 1.0          # the first step's ema is min(3 gn, max_init)
     extreme_floor: float = 5.0     # the extreme bound is never below this
@@ -63,8 +82,7 @@ class AdaptiveGradClip:
             self.ema, self.var, self.started = min(3.0 * grad_norm, self.max_init), 0.0, True
         threshold = self.threshold()
         if grad_norm <= threshold:
-            self.ema = self.decay * self.ema + (1 - self.decay) * grad_norm
-            self.var = self.decay * self.var + (1 - self.decay) * (self.ema - grad_norm) ** 2
+            self.ema, self.var = update_statistics(self.ema, self.var, grad_norm, self.decay)
             self.counts["kept"] += 1
             return ClipDecision("keep", 1.0, threshold)
         if grad_norm <= self.extreme_bound() or self.on_extreme == "clip":
@@ -72,13 +90,6 @@ class AdaptiveGradClip:
             return ClipDecision("clip", threshold / grad_norm, threshold)
         self.counts["extreme"] += 1
         return ClipDecision(self.on_extreme, 0.0, threshold)
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k in ("ema", "var", "started", "counts")}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.ema, self.var = float(state["ema"]), float(state["var"])
-        self.started, self.counts = bool(state["started"]), dict(state["counts"])
 
 
 # ---------------------------------------------------------------------------------------------------- v1.3 rank drop
@@ -97,7 +108,7 @@ class RankDropDecision:
 
 
 @dataclass
-class RankOutlierDrop:
+class RankOutlierDrop(NormStatistics):
     """The Open-Sora Plan v1.3 paper's per-rank outlier drop, applied to each data-parallel rank's own gradient
     right before the data-parallel reduction.
 
@@ -138,10 +149,7 @@ class RankOutlierDrop:
         kept = [n for i, n in enumerate(norms) if i not in dropped]
         self._pending = None
         if kept:
-            m = max(kept)
-            new_ema = self.decay * ema + (1 - self.decay) * m
-            new_var = self.decay * var + (1 - self.decay) * (new_ema - m) ** 2
-            self._pending = (new_ema, new_var, len(dropped))
+            self._pending = (*update_statistics(ema, var, max(kept), self.decay), len(dropped))
         return RankDropDecision(norms, dropped, len(norms) / len(kept) if kept else 0.0, ema + bound)
 
     def commit(self) -> None:
@@ -158,10 +166,6 @@ class RankOutlierDrop:
         self.counts["all_dropped"] += 1
         self._pending = None
 
-    def state_dict(self) -> dict:
-        return {"ema": self.ema, "var": self.var, "started": self.started, "counts": dict(self.counts)}
-
     def load_state_dict(self, state: dict) -> None:
-        self.ema, self.var = float(state["ema"]), float(state["var"])
-        self.started, self.counts = bool(state["started"]), dict(state["counts"])
+        super().load_state_dict(state)
         self._pending = None
