@@ -8,9 +8,10 @@ import torch
 
 from mindspeed_mm.osp.cli import main
 from mindspeed_mm.osp.data.shapes import (COLOUR_WORDS, HELD_OUT, MOTION_WORDS, SHAPE_WORDS, caption_words,
-                                          place_object, random_background, render_clip, seen_combinations)
+                                          seen_combinations)
 from mindspeed_mm.osp.pipelines import folder
-from mindspeed_mm.osp.eval.shapes_eval import accuracy, eval_prompts, evaluate, random_baseline
+from mindspeed_mm.osp.eval.shapes_eval import (accuracy, eval_prompts, evaluate, random_baseline, render_expected,
+                                               vae_ceiling)
 from mindspeed_mm.osp.text import TEMPLATES
 
 
@@ -36,12 +37,11 @@ class FakePipeline:
         d = self.defaults
         clips = []
         for prompt, seed in zip(prompts, seeds):
-            rng = np.random.default_rng(seed)
             if self.render:
-                obj = place_object(rng, *parse_prompt(prompt).values(), d.height, d.width)
-                clip = render_clip([obj], d.num_frames, d.height, d.width, random_background(rng))
+                clip = render_expected(parse_prompt(prompt), seed, d.num_frames, d.height, d.width)
             else:
-                clip = rng.integers(0, 256, (d.num_frames, d.height, d.width, 3), dtype=np.uint8)
+                clip = np.random.default_rng(seed).integers(0, 256, (d.num_frames, d.height, d.width, 3),
+                                                            dtype=np.uint8)
             clips.append(torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1)
         return torch.stack(clips)
 
@@ -70,6 +70,35 @@ def test_scoring_plumbing_rendered_ground_truth_and_noise():
     assert accuracy(perfect) == {"colour": 100.0, "shape": 100.0, "motion": 100.0, "all": 100.0, "n": 16}
     noise = accuracy(evaluate(FakePipeline(render=False), items, seeds, steps=1, batch_size=16))
     assert noise["n"] == 16 and noise["all"] <= 20 and max(noise[k] for k in ("colour", "shape", "motion")) <= 50
+
+
+class FakeVAE:
+    """`reconstruct` returns its input (a lossless VAE) or a flat grey clip (one that loses everything)."""
+
+    def __init__(self, lossless: bool):
+        self.lossless = lossless
+        self.calls = 0
+
+    def reconstruct(self, video):
+        self.calls += 1
+        assert video.shape == (1, 3, 17, 64, 64) and video.min() >= -1 and video.max() <= 1
+        return video.clone() if self.lossless else torch.zeros_like(video)
+
+
+def test_vae_ceiling_scores_reconstructions_of_rendered_prompts():
+    items = eval_prompts(4, seed=0)["held-out"]
+    seeds = [7, 8, 9, 10]
+    pipe = FakePipeline(render=True)
+    pipe.device, pipe.dtype = torch.device("cpu"), torch.float32
+    pipe.vae = FakeVAE(lossless=True)
+    lossless = vae_ceiling(pipe, items, seeds)
+    assert pipe.vae.calls == 4 and accuracy(lossless)["all"] == 100.0
+    # the same clips as a perfect transformer draws for the same prompts and seeds
+    assert [r["detected"] for r in lossless] == [r["detected"] for r in evaluate(pipe, items, seeds, batch_size=4)]
+    pipe.vae = FakeVAE(lossless=False)
+    assert accuracy(vae_ceiling(pipe, items, seeds))["all"] == 0.0
+    with pytest.raises(ValueError, match="3 seeds for 4 prompts"):
+        vae_ceiling(pipe, items, seeds[:3])
 
 
 def test_random_baseline_changes_weights_and_leaves_the_pipeline_alone():
@@ -103,12 +132,12 @@ def test_command_end_to_end(tiny_pipeline, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "colour" in out and "all-three" in out and "goals:" in out
-    assert all(f"{name:<8} {split:<9}" in out for name in ("model", "random") for split in ("held-out", "seen"))
+    assert all(f"{name:<8} {split:<9}" in out for name in ("model", "random", "vae") for split in ("held-out", "seen"))
 
     assert main(args + ["--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["steps"] == 1 and set(report["goals_met"]) == {"colour", "motion", "shape"}
-    for name in ("model", "random"):
+    for name in ("model", "random", "vae"):
         for split in ("held-out", "seen"):
             entry = report["results"][name][split]
             assert entry["accuracy"]["n"] == 1 and len(entry["items"]) == 1

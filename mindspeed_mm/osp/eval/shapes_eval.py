@@ -1,8 +1,10 @@
 """Score a text-to-video model trained on the shapes dataset (`mindspeed_mm.osp.data.shapes`): prompt it with
 single-object captions, detect what each clip shows (`shapes_detect.detect`) and report colour, shape and motion
 accuracy on two splits -- "held-out" (the `HELD_OUT` triples, never in training: composition) and "seen" (triples
-the training data contains: recall) -- next to a chance baseline: the same pipeline with its transformer's weights
-re-initialised randomly, sampled with the same prompts and seeds.
+the training data contains: recall) -- next to two references measured in the same run: a chance baseline (the same
+pipeline with its transformer's weights re-initialised randomly, sampled with the same prompts and seeds) and the
+VAE's ceiling (clips of the same triples drawn by the dataset's renderer, passed through the pipeline's VAE and
+scored alike: what a perfect transformer could reach through this VAE).
 
 Prompts are written by the dataset's own `caption` function with a seeded generator, so they use its templates and
 synonyms ("footage of a crimson disc sliding right") exactly as training captions do.
@@ -17,7 +19,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from mindspeed_mm.osp.data.shapes import HELD_OUT, ShapeObject, caption, seen_combinations
+from mindspeed_mm.osp.data.shapes import (HELD_OUT, ShapeObject, caption, place_object, random_background,
+                                          render_clip, seen_combinations)
 from mindspeed_mm.osp.eval.shapes_detect import detect, score
 
 SPLITS = ("held-out", "seen")
@@ -83,27 +86,60 @@ def _detection_record(detection) -> dict:
             "found_fraction": detection.found_fraction}
 
 
+def _scored(prompt: Prompt, seed: int, video: torch.Tensor) -> dict:
+    """One clip's record: prompt, seed, expected, detected, correct (per attribute and "all")."""
+    from mindspeed_mm.osp.data.video_io import model_output_to_frames
+
+    text, expected = prompt
+    detection = detect(model_output_to_frames(video).numpy())
+    correct = score(expected, detection)
+    return {"prompt": text, "seed": int(seed), "expected": expected, "detected": _detection_record(detection),
+            "correct": {**correct, "all": all(correct.values())}}
+
+
+def _check_seeds(prompts: Sequence[Prompt], seeds: Sequence[int]) -> None:
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+
+
 def evaluate(pipe, prompts: Sequence[Prompt], seeds: Sequence[int], steps: Optional[int] = None,
              batch_size: int = 8, progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
     """Sample one clip per prompt (the pipeline's own frames, size, guidance and prompt template; `steps` or its
     own), detect what it shows and score it. Returns per prompt: prompt, seed, expected, detected, correct
     (per attribute and "all"). `progress(done, total)` is called after each batch."""
-    from mindspeed_mm.osp.data.video_io import model_output_to_frames
-
-    if len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    _check_seeds(prompts, seeds)
     results = []
     for start in range(0, len(prompts), batch_size):
         batch, batch_seeds = prompts[start:start + batch_size], list(seeds[start:start + batch_size])
         videos = pipe([text for text, _ in batch], seeds=batch_seeds, steps=steps)
-        for (text, expected), seed, video in zip(batch, batch_seeds, videos):
-            detection = detect(model_output_to_frames(video).numpy())
-            correct = score(expected, detection)
-            results.append({"prompt": text, "seed": int(seed), "expected": expected,
-                            "detected": _detection_record(detection),
-                            "correct": {**correct, "all": all(correct.values())}})
+        results += [_scored(prompt, seed, video) for prompt, seed, video in zip(batch, batch_seeds, videos)]
         if progress is not None:
             progress(len(results), len(prompts))
+    return results
+
+
+def render_expected(expected: dict, seed: int, num_frames: int, height: int, width: int) -> np.ndarray:
+    """uint8 (T, H, W, 3): the expected colour/shape/motion drawn by the dataset's renderer, with a random size,
+    path and background for `seed`."""
+    rng = np.random.default_rng(seed)
+    obj = place_object(rng, expected["colour"], expected["shape"], expected["motion"], height, width)
+    return render_clip([obj], num_frames, height, width, random_background(rng))
+
+
+@torch.no_grad()
+def vae_ceiling(pipe, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[dict]:
+    """Like `evaluate`, with each clip drawn exactly as its prompt asks (`render_expected`, the pipeline's frames and
+    size) and passed through the pipeline's VAE (encode, posterior mode, decode): the accuracy a perfect
+    transformer could reach through this VAE."""
+    from mindspeed_mm.osp.data.video_io import frames_to_model_input
+
+    _check_seeds(prompts, seeds)
+    d = pipe.defaults
+    results = []
+    for prompt, seed in zip(prompts, seeds):
+        clip = torch.from_numpy(render_expected(prompt[1], seed, d.num_frames, d.height, d.width))
+        video = frames_to_model_input(clip, pipe.dtype).to(pipe.device)
+        results.append(_scored(prompt, seed, pipe.vae.reconstruct(video).float()[0]))
     return results
 
 
@@ -138,9 +174,9 @@ def random_baseline(pipe, seed: int = BASELINE_SEED):
 
 def run_shapes_eval(pipe, n: int, seed: int, steps: Optional[int] = None, batch_size: int = 8,
                     log: Optional[Callable[[str], None]] = None) -> dict:
-    """Both splits for the model and its random baseline, with the same prompts and seeds (split "held-out" clip i
-    has seed `seed` + i, split "seen" clip i `seed` + n + i). Returns {"model" | "random": {split: {"accuracy",
-    "items"}}}."""
+    """Both splits for the model, its random baseline and the VAE's ceiling, with the same prompts and seeds (split
+    "held-out" clip i has seed `seed` + i, split "seen" clip i `seed` + n + i). Returns {"model" | "random" |
+    "vae": {split: {"accuracy", "items"}}}."""
     prompts = eval_prompts(n, seed)
     seeds = {"held-out": [seed + i for i in range(n)], "seen": [seed + n + i for i in range(n)]}
     report = {}
@@ -151,6 +187,10 @@ def run_shapes_eval(pipe, n: int, seed: int, steps: Optional[int] = None, batch_
                 lambda done, total, name=name, split=split: log(f"{name} {split}: {done}/{total} clips"))
             items = evaluate(candidate, prompts[split], seeds[split], steps, batch_size, progress)
             report[name][split] = {"accuracy": accuracy(items), "items": items}
+    report["vae"] = {}
+    for split in SPLITS:
+        items = vae_ceiling(pipe, prompts[split], seeds[split])
+        report["vae"][split] = {"accuracy": accuracy(items), "items": items}
     return report
 
 
@@ -163,7 +203,7 @@ def format_table(report: dict) -> str:
     """Rows model / random baseline x split, columns colour, shape, motion, all-three (%) and n; the goals beside
     the model's held-out row."""
     lines = [f"{'':<8} {'split':<9} {'colour':>7} {'shape':>7} {'motion':>7} {'all-three':>10} {'n':>5}"]
-    for name, label in (("model", "model"), ("random", "random")):
+    for name, label in (("model", "model"), ("random", "random"), ("vae", "vae")):
         for split in SPLITS:
             acc = report[name][split]["accuracy"]
             row = (f"{label:<8} {split:<9} {acc['colour']:>6.1f}% {acc['shape']:>6.1f}% {acc['motion']:>6.1f}% "
@@ -175,4 +215,6 @@ def format_table(report: dict) -> str:
             lines.append(row)
     lines.append("random = the same pipeline with its transformer re-initialised randomly (chance baseline), "
                  "same prompts and seeds")
+    lines.append("vae = clips drawn exactly as each prompt asks, through the pipeline's VAE (encode + decode): the "
+                 "most a transformer can reach with this VAE")
     return "\n".join(lines)
