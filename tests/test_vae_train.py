@@ -108,6 +108,62 @@ def test_lpips_reads_vgg16_and_linear_weights_and_is_zero_for_equal_images(tmp_p
         LPIPS.from_files(str(tmp_path / "vgg.pth"), str(tmp_path / "short.pth"))
 
 
+def _vgg16_features() -> torch.nn.Sequential:
+    """torchvision's VGG16 `features` (configuration D: 13 3x3 convs with ReLU, 5 max-pools), randomly initialised,
+    written out here rather than taken from our LPIPS module."""
+    layers, width = [], 3
+    for item in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+        if item == "M":
+            layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [torch.nn.Conv2d(width, item, kernel_size=3, padding=1), torch.nn.ReLU(inplace=True)]
+            width = item
+    return torch.nn.Sequential(*layers)
+
+
+def test_lpips_equals_the_lpips_package_with_its_own_linear_weights(tmp_path, monkeypatch):
+    """Our LPIPS against the reference implementation (`lpips` 0.1.4, VGG, v0.1) with the package's real linear
+    weights and the same random VGG16 backbone. torchvision is stubbed when it is absent (PyPI's torchvision is a CUDA
+    build that cannot load next to CPU torch); the package only asks it for `vgg16(pretrained=False).features`."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("lpips") is None:
+        pytest.fail("the reference `lpips` package is missing: `pip install --no-deps lpips==0.1.4` "
+                    "(tools/bootstrap_env.sh installs it)")
+    torch.manual_seed(0)
+    backbone = _vgg16_features()
+    if importlib.util.find_spec("torchvision") is None:
+        models = types.ModuleType("torchvision.models")
+        models.vgg16 = lambda pretrained=False: types.SimpleNamespace(features=backbone)
+        stub = types.ModuleType("torchvision")
+        stub.models = models
+        monkeypatch.setitem(sys.modules, "torchvision", stub)
+        monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    for name in [n for n in sys.modules if n == "lpips" or n.startswith("lpips.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import lpips
+
+    reference = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    vgg = {}
+    for slice_name in ("slice1", "slice2", "slice3", "slice4", "slice5"):
+        for key, value in getattr(reference.net, slice_name).state_dict().items():
+            vgg[f"features.{key}"] = value          # slice keys keep torchvision's layer indices
+    torch.save(vgg, tmp_path / "vgg.pth")
+    lin_path = Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+    ours = LPIPS.from_files(str(tmp_path / "vgg.pth"), str(lin_path))
+    assert ours.lins[0].weight.abs().sum() > 0      # the package's trained linear layers, not zeros
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 48, 40, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(3, 3, 48, 40, generator=g)).clamp(-1, 1)
+    expected = reference(x, y).flatten()
+    got = ours(x, y)
+    assert expected.min() > 0
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got, expected)
+
+
 # ---------------------------------------------------------------------------------------------------- runs
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:

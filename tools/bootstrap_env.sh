@@ -43,6 +43,12 @@ stage "torch ${OSP_TORCH_VERSION:-2.13.0} (CPU build) and numpy"
 pip_install "torch==${OSP_TORCH_VERSION:-2.13.0}" "numpy<2"
 stage "this package (editable) with the extras: $EXTRAS"
 pip_install -e ".[${EXTRAS}]"
+if [ "${1:-all}" = all ]; then
+  # The reference LPIPS that tests/test_vae_train.py compares ours with. --no-deps: its torchvision requirement would
+  # pull PyPI's CUDA build, which cannot load next to CPU torch; the test stubs the one call it makes.
+  stage "lpips 0.1.4 (test reference, without its dependencies)"
+  pip_install --no-deps "lpips==0.1.4"
+fi
 # A second megatron-core (0.12.1, what MindSpeed pins) layered over .venv, so the parallel suite also runs
 # against it (tests/test_parallel_layouts.py picks up .venv-megatron012). OSP_MEGATRON_ALT=none skips it.
 if [ "$ALT" != none ]; then
