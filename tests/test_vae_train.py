@@ -225,8 +225,8 @@ def test_a_run_writes_metrics_checkpoints_and_the_ema_export(finished):
 
 def test_resuming_a_copy_from_step_2_repeats_steps_3_and_4_exactly(finished, data, tmp_path):
     copy = tmp_path / "b"
-    # checkpoint.* may change on resume: keep only the newest one here
-    assert _train(_config(data, checkpoint__keep_last=1), copy,
+    # checkpoint.* and data.frame_cache_mb may change on resume: keep only the newest checkpoint, cache the frames
+    assert _train(_config(data, checkpoint__keep_last=1, data__frame_cache_mb=64), copy,
                   resume=str(finished / "checkpoints" / "iter_0000002")) == 0
     assert _metrics(copy) == _metrics(finished)[2:]
     a, b = _state(finished), _state(copy)
@@ -234,6 +234,36 @@ def test_resuming_a_copy_from_step_2_repeats_steps_3_and_4_exactly(finished, dat
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert torch.equal(a["opt_g"]["state"][0]["exp_avg_sq"], b["opt_g"]["state"][0]["exp_avg_sq"])
     assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["iter_0000004", "latest"]
+
+
+def test_the_frame_cache_gives_the_same_clips_and_decodes_each_file_once(data, monkeypatch):
+    from mindspeed_mm.osp.data import video_io
+    from mindspeed_mm.osp.data.annotations import load_annotations
+    from mindspeed_mm.osp.training.vae_job import ClipDataset, usable_items
+
+    reads = []
+    real_read = video_io.read_frames
+    monkeypatch.setattr(video_io, "read_frames", lambda path, *a, **k: reads.append(path) or real_read(path, *a, **k))
+    config = from_dict(_config(data))
+    anno = load_annotations(data)
+    items, frames, _ = usable_items(anno, config.data)
+
+    def dataset(cache_mb: int) -> ClipDataset:
+        return ClipDataset(anno, items, frames, from_dict(_config(data, data__frame_cache_mb=cache_mb)).data, seed=0)
+
+    positions = range(3 * len(items))              # three epochs: other windows and crops of every clip
+    plain, cached = dataset(0), dataset(1)
+    expected = [plain[i]["video"] for i in positions]
+    reads.clear()
+    assert all(torch.equal(cached[i]["video"], expected[i]) for i in positions)
+    assert sorted(reads) == sorted(anno.paths[i] for i in items)     # one whole-clip decode per file
+    clip_bytes = 17 * 32 * 32 * 3
+    assert cached.cache.used == len(items) * clip_bytes
+    small = dataset(1)
+    small.cache.budget = 2 * clip_bytes             # room for two clips: the others are decoded every time
+    reads.clear()
+    assert all(torch.equal(small[i]["video"], expected[i]) for i in positions)
+    assert len(small.cache.clips) == 2 and len(reads) == 2 + 3 * (len(items) - 2)
 
 
 def test_an_existing_run_is_not_overwritten(finished, data, capsys):
@@ -286,6 +316,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(data, tmp_path, monkeyp
     ({"data__source": "/nonexistent/data.txt"}, [], "does not exist"),
     ({"data__global_batch_size": 2}, [], "must equal data.micro_batch_size 1 x 1"),
     ({"optimizer__ema_decay": 1.5}, [], "ema_decay must be in [0, 1)"),
+    ({"data__frame_cache_mb": -1}, [], "data.frame_cache_mb, seed and checkpoint.keep_last must be >= 0"),
     ({"loss__disc_norm": "instance"}, [], "loss.disc_norm must be one of"),
     ({"model__vae": "wfvae_nope"}, [], "unknown WF-VAE preset"),
     ({"loss__lpips_weight": 0.1, "loss__lpips_vgg": "/nonexistent/vgg.pth", "loss__lpips_lin": "/nonexistent/l.pth"},

@@ -37,6 +37,7 @@ class VAEDataSection:
     num_workers: int = 2
     video_backend: Optional[str] = None   # decord, av or cv2; None: the first installed
     max_retries: int = 8              # unreadable clip: replaced by another item, at most this many times
+    frame_cache_mb: int = 0           # per loader process: keep decoded clips (uint8) up to this size; 0: off
 
 
 @dataclass
@@ -125,8 +126,10 @@ def check(config: VAETrainConfig) -> None:
     if d.global_batch_size % max(d.micro_batch_size, 1):
         problems.append(f"data.global_batch_size {d.global_batch_size} is not a multiple of data.micro_batch_size "
                         f"{d.micro_batch_size}")
-    if d.num_workers < 0 or d.max_retries < 0 or config.seed < 0 or config.checkpoint.keep_last < 0:
-        problems.append("data.num_workers, data.max_retries, seed and checkpoint.keep_last must be >= 0")
+    if (d.num_workers < 0 or d.max_retries < 0 or d.frame_cache_mb < 0 or config.seed < 0
+            or config.checkpoint.keep_last < 0):
+        problems.append("data.num_workers, data.max_retries, data.frame_cache_mb, seed and checkpoint.keep_last "
+                        "must be >= 0")
     for name, value in (("steps", config.steps), ("checkpoint.every", config.checkpoint.every),
                         ("logging.every", config.logging.every)):
         if value < 1:

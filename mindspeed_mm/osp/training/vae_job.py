@@ -45,7 +45,8 @@ from mindspeed_mm.osp.vae.distribution import DiagonalGaussian
 STATE = "state.pt"
 EXPORT = Path("export") / "vae"
 # may differ between a checkpoint's run and its resumption (nothing else may)
-RESUMABLE_CHANGES = ("steps", "checkpoint.", "logging.", "data.num_workers", "data.micro_batch_size", "export")
+RESUMABLE_CHANGES = ("steps", "checkpoint.", "logging.", "data.num_workers", "data.micro_batch_size",
+                     "data.frame_cache_mb", "export")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -125,12 +126,32 @@ def usable_items(anno, data) -> tuple[np.ndarray, np.ndarray, str]:
     return np.flatnonzero(keep), frames, note
 
 
+class FrameCache:
+    """Decoded clips (uint8 (T, H, W, 3) tensors) by item, up to `budget_bytes` in all; clips that do not fit are
+    not kept (first come, first kept: every epoch visits every item, so eviction would only churn)."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget, self.used, self.clips = budget_bytes, 0, {}
+
+    def get(self, item: int) -> Optional[torch.Tensor]:
+        return self.clips.get(item)
+
+    def offer(self, item: int, clip: torch.Tensor) -> None:
+        size = clip.numel() * clip.element_size()
+        if self.used + size <= self.budget:
+            self.clips[item] = clip
+            self.used += size
+
+
 class ClipDataset(torch.utils.data.Dataset):
-    """Global sample position -> dict(video (3, T, H, W) in [-1, 1], position, item, failed)."""
+    """Global sample position -> dict(video (3, T, H, W) in [-1, 1], position, item, failed). With
+    `data.frame_cache_mb`, each loader process keeps the decoded frames of whole clips and cuts later windows from
+    memory: the same frames as reading the window, without decoding the file again."""
 
     def __init__(self, anno, items: np.ndarray, frames: np.ndarray, data, seed: int):
         self.anno, self.items, self.frames, self.data, self.seed = anno, items, frames, data, seed
         self._epoch, self._perm = -1, None
+        self.cache = FrameCache(data.frame_cache_mb << 20) if data.frame_cache_mb else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -151,8 +172,9 @@ class ClipDataset(torch.utils.data.Dataset):
             frames = read_image(path)
         else:
             span = (d.num_frames - 1) * d.frame_interval + 1
-            start = max(0, int(a.cut[item, 0])) + int(rng.integers(0, self.frames[item] - span + 1))
-            frames = read_frames(path, start + np.arange(d.num_frames) * d.frame_interval, backend=d.video_backend)
+            first = max(0, int(a.cut[item, 0]))
+            window = int(rng.integers(0, self.frames[item] - span + 1)) + np.arange(d.num_frames) * d.frame_interval
+            frames = self._read(item, path, first, window, read_frames)
         if a.crop[item, 0] >= 0:
             sx, ex, sy, ey = (int(v) for v in a.crop[item])
             frames = frames[:, sy:ey, sx:ex]
@@ -165,6 +187,16 @@ class ClipDataset(torch.utils.data.Dataset):
         video = resize_cover_crop(video, cover_h, cover_w)
         top, left = int(rng.integers(0, cover_h - d.height + 1)), int(rng.integers(0, cover_w - d.width + 1))
         return video[..., top:top + d.height, left:left + d.width].clamp(-1.0, 1.0).contiguous()
+
+    def _read(self, item: int, path: str, first: int, window: np.ndarray, read_frames) -> torch.Tensor:
+        """Frames `first + window` of the clip, from the cache when it is on (decoding the whole clip once)."""
+        if self.cache is None:
+            return read_frames(path, first + window, backend=self.data.video_backend)
+        clip = self.cache.get(item)
+        if clip is None:
+            clip = read_frames(path, first + np.arange(self.frames[item]), backend=self.data.video_backend)
+            self.cache.offer(item, clip)
+        return clip[torch.from_numpy(window)]
 
     def __getitem__(self, position: int) -> dict:
         from mindspeed_mm.osp.data.dataset import DataError
