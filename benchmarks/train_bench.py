@@ -9,6 +9,7 @@ on CPU it is not reported.
     python -m benchmarks.train_bench                               # the tiny configs, CPU, ~1 min
     python -m benchmarks.train_bench --configs examples/train/osp15_suv_t2v.json --layers 2,2,2 \\
         --latent 8,30,40 --batch 1 --dtype bf16                    # SUV at reduced depth on a GPU
+    python -m benchmarks.train_bench --mid --latent 3,16,16 --text 512 --batch 1   # the mid-size SUV, CPU
 """
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ def bench(path: Path, args, device) -> dict:
     overrides = [f"model.dtype={args.dtype}"]
     config = load_config(path, overrides)
     model_config = official_model_config(config)
+    if args.mid:
+        if config.model.version != "v1.5":
+            raise SystemExit(f"--mid is an SUV (v1.5) size; {path} is {config.model.version}")
+        from benchmarks.sample_bench import MID_SUV
+        model_config = {**model_config, **MID_SUV}
     if args.layers:
         key = "num_layers"
         layers = [int(n) for n in args.layers.split(",")]
@@ -109,7 +115,7 @@ def bench(path: Path, args, device) -> dict:
     peak = peak_flops(args.peak_tflops, device)
     from megatron.core import parallel_state
     parallel_state.destroy_model_parallel()
-    row = {"config": path.stem, "params_M": sum(p.numel() for p in plain_model.parameters()) / 1e6,
+    row = {"config": path.stem + ("+mid" if args.mid else ""), "params_M": sum(p.numel() for p in plain_model.parameters()) / 1e6,
            "tokens": tokens, "engine_s": times["engine"], "plain_s": times["plain"],
            "engine_tokens_per_s": tokens / times["engine"], "plain_tokens_per_s": tokens / times["plain"],
            "engine_vs_plain": times["plain"] / times["engine"],
@@ -120,6 +126,9 @@ def bench(path: Path, args, device) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=[str(ROOT / "examples" / "train" / n) for n in TINY])
+    ap.add_argument("--mid", action="store_true",
+                    help="the mid-size SUV of benchmarks/sample_bench.py (MID_SUV: the released stage plan with one "
+                         "block per stage, 6 heads x 128, 4 latent channels); default config: the v1.5 T2V example")
     ap.add_argument("--layers", help="override the block counts (v1.5: per stage, e.g. 2,2,2; v1.3: their sum)")
     ap.add_argument("--latent", default="3,8,12", help="latent T,H,W of one sample (default 3,8,12)")
     ap.add_argument("--text", type=int, default=16, help="text tokens (default 16)")
@@ -129,6 +138,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, help="per-device peak for MFU (default: known GPUs; none on CPU)")
     args = ap.parse_args()
+    if args.mid and args.configs == ap.get_default("configs"):
+        args.configs = [str(ROOT / "examples" / "train" / "osp15_suv_t2v.json")]
 
     from mindspeed_mm.osp import platform
     device = platform.default_device()
