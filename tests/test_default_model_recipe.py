@@ -16,14 +16,18 @@ def test_the_recipe_runs_every_stage_into_a_pipeline_that_samples(tmp_path):
     from mindspeed_mm.osp.pipelines import load_pipeline
     from mindspeed_mm.osp.text import TEMPLATES
 
-    env = dict(os.environ, OSP=f"{sys.executable} -m mindspeed_mm.osp.cli", VIDEOS="48", IMAGES="0", VAE_STEPS="2",
+    env = dict(os.environ, OSP=f"{sys.executable} -m mindspeed_mm.osp.cli",
+               TORCHRUN=f"{sys.executable} -m torch.distributed.run", VIDEOS="48", IMAGES="0", VAE_STEPS="2",
                DIT_STEPS="2", EVAL_PROMPTS="1", OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
     runs = tmp_path / "runs"
     done = subprocess.run(["bash", str(ROOT / "examples" / "default_model" / "build.sh"), str(runs)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     vae_config = json.loads((runs / "shapes_vae" / "export" / "vae" / "config.json").read_text())["config"]
-    assert vae_config["scale"] != [1.0] * 8                      # the normaliser was measured and stored
+    assert len(vae_config["scale"]) == vae_config["latent_dim"] == 8
+    assert set(vae_config["scale"]) != {1.0}                     # the normaliser was measured and stored
+    # NPROC=2, the default: the DiT trained as 2 data-parallel ranks of micro batch 4 (global batch 8)
+    assert json.loads((runs / "shapes_dit" / "config.json").read_text())["data"]["micro_batch_size"] == 4
     assert (runs / "shapes_dit" / "checkpoints" / "latest").read_text().strip() == "2"
     pipe = load_pipeline(runs / "shapes_pipeline")
     assert (pipe.defaults.num_frames, pipe.defaults.height, pipe.defaults.width) == (17, 64, 64)
