@@ -115,7 +115,8 @@ def bench(path: Path, args, device) -> dict:
     peak = peak_flops(args.peak_tflops, device)
     from megatron.core import parallel_state
     parallel_state.destroy_model_parallel()
-    row = {"config": path.stem + ("+mid" if args.mid else ""), "params_M": sum(p.numel() for p in plain_model.parameters()) / 1e6,
+    row = {"config": path.stem + ("+mid" if args.mid else ""),
+           "params_M": sum(p.numel() for p in plain_model.parameters()) / 1e6,
            "tokens": tokens, "engine_s": times["engine"], "plain_s": times["plain"],
            "engine_tokens_per_s": tokens / times["engine"], "plain_tokens_per_s": tokens / times["plain"],
            "engine_vs_plain": times["plain"] / times["engine"],
