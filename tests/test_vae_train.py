@@ -201,11 +201,16 @@ def _state(path: Path) -> dict:
     return load_state(path)
 
 
+# warm-up over step 0, then a cosine decay to 1e-4 at step 3
+SCHEDULE = {"optimizer__warmup_steps": 1, "optimizer__decay_style": "cosine", "optimizer__decay_steps": 3,
+            "optimizer__min_lr": 1e-4}
+
+
 @pytest.fixture(scope="module")
 def finished(data, tmp_path_factory) -> Path:
-    """4 steps (GAN from step 3), checkpoints at 2 and 4, export."""
+    """4 steps (GAN from step 3) under `SCHEDULE`, checkpoints at 2 and 4, export."""
     out = tmp_path_factory.mktemp("vae_run") / "a"
-    assert _train(_config(data), out) == 0
+    assert _train(_config(data, **SCHEDULE), out) == 0
     return out
 
 
@@ -217,6 +222,8 @@ def test_a_run_writes_metrics_checkpoints_and_the_ema_export(finished):
     assert "g_loss" not in records[1] and {"g_loss", "d_weight", "disc_loss", "disc_grad_norm"} <= set(records[2])
     assert all(math.isfinite(r[k]) for r in records for k in ("loss", "rec_loss", "kl_loss", "wl_loss", "psnr"))
     assert sorted(p.name for p in (finished / "checkpoints").iterdir()) == ["iter_0000002", "iter_0000004", "latest"]
+    cosine = [1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * s / 2)) for s in range(3)]
+    assert [r["lr"] for r in records] == pytest.approx([1e-3, *cosine])
     assert json.loads((finished / "config.json").read_text())["task"] == "vae"
     exported = WFVAE.from_pretrained(finished / "export" / "vae")
     ema = _state(finished)["ema"]
@@ -226,7 +233,7 @@ def test_a_run_writes_metrics_checkpoints_and_the_ema_export(finished):
 def test_resuming_a_copy_from_step_2_repeats_steps_3_and_4_exactly(finished, data, tmp_path):
     copy = tmp_path / "b"
     # checkpoint.* and data.frame_cache_mb may change on resume: keep only the newest checkpoint, cache the frames
-    assert _train(_config(data, checkpoint__keep_last=1, data__frame_cache_mb=64), copy,
+    assert _train(_config(data, checkpoint__keep_last=1, data__frame_cache_mb=64, **SCHEDULE), copy,
                   resume=str(finished / "checkpoints" / "iter_0000002")) == 0
     assert _metrics(copy) == _metrics(finished)[2:]
     a, b = _state(finished), _state(copy)
@@ -317,6 +324,9 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(data, tmp_path, monkeyp
     ({"data__global_batch_size": 2}, [], "must equal data.micro_batch_size 1 x 1"),
     ({"optimizer__ema_decay": 1.5}, [], "ema_decay must be in [0, 1)"),
     ({"data__frame_cache_mb": -1}, [], "data.frame_cache_mb, seed and checkpoint.keep_last must be >= 0"),
+    ({"optimizer__decay_style": "cosine"}, [], "optimizer.decay_style 'cosine' needs optimizer.decay_steps"),
+    ({}, ["optimizer.decay_style=exponential"], "optimizer.decay_style must be one of"),
+    ({"optimizer__min_lr": 0.1}, [], "optimizer.min_lr must be in [0, optimizer.lr=0.001]"),
     ({"loss__disc_norm": "instance"}, [], "loss.disc_norm must be one of"),
     ({"model__vae": "wfvae_nope"}, [], "unknown WF-VAE preset"),
     ({"loss__lpips_weight": 0.1, "loss__lpips_vgg": "/nonexistent/vgg.pth", "loss__lpips_lin": "/nonexistent/l.pth"},
@@ -330,6 +340,31 @@ def test_bad_configs_are_refused_before_work(data, tmp_path, capsys, changes, ov
     assert main(path, overrides, tmp_path / "out") == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("style", ["constant", "linear", "cosine"])
+def test_the_decay_follows_megatrons_scheduler(style):
+    """After the warm-up, the VAE's learning rate equals what megatron's OptimizerParamScheduler (the DiT's) gives
+    for the same settings, through the decay and past its end."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from mindspeed_mm.osp.training.vae_job import lr_factor
+
+    warmup, decay_steps, lr, min_lr = 3, 11, 2e-3, 2e-4
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = OptimizerParamScheduler(optimizer, init_lr=0.0, max_lr=lr, min_lr=min_lr, lr_warmup_steps=warmup,
+                                        lr_decay_steps=decay_steps, lr_decay_style=style, start_wd=0.0, end_wd=0.0,
+                                        wd_incr_steps=1, wd_incr_style="constant")
+    ours, theirs = [], []
+    for step in range(15):
+        if step >= warmup:
+            ours.append(lr * lr_factor(step, warmup, style, decay_steps, min_lr / lr))
+            theirs.append(scheduler.get_lr(optimizer.param_groups[0]))
+        scheduler.step(1)
+    assert ours == pytest.approx(theirs, rel=1e-12)
+    assert len(set(ours)) == (1 if style == "constant" else 9)
+    assert [lr * lr_factor(s, warmup, style, decay_steps, 0.1) for s in range(warmup)] == pytest.approx(
+        [lr / 3, 2 * lr / 3, lr])
 
 
 def test_shipped_configs_parse():

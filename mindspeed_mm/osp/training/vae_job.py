@@ -342,6 +342,19 @@ def _mean_over_ranks(values: dict, world: int, device) -> dict:
     return {k: v / world for k, v in zip(keys, t.tolist())}
 
 
+def lr_factor(step: int, warmup: int, style: str, decay_steps: Optional[int], min_ratio: float) -> float:
+    """The learning rate of 0-based `step` as a fraction of the base rate: linear warm-up to 1 at step
+    `warmup` - 1, then `style` ("constant", "linear", "cosine") down to `min_ratio` at `decay_steps` and after
+    (the decay as megatron's OptimizerParamScheduler computes it for the DiT)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if style == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / (decay_steps - warmup))
+    shape = 1.0 - progress if style == "linear" else 0.5 * (math.cos(math.pi * progress) + 1.0)
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
 class _Run:
     """The parts of a running VAE training and one step of it."""
 
@@ -399,8 +412,8 @@ class _Run:
                                 "optimizer.lr / optimizer.clip_grad or check the data, then resume")
 
     def _lr(self, base: float) -> float:
-        warmup = self.config.optimizer.warmup_steps
-        return base * min(1.0, (self.step + 1) / warmup) if warmup else base
+        o = self.config.optimizer
+        return base * lr_factor(self.step, o.warmup_steps, o.decay_style, o.decay_steps, o.min_lr / o.lr)
 
     def train_step(self, batch: dict) -> dict:
         """One generator step and (from disc_start) one discriminator step; returns the rank-averaged terms."""
