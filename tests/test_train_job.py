@@ -4,6 +4,7 @@ with SIGTERM, then relaunched, logs exactly the losses of an uninterrupted run. 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -57,6 +58,8 @@ def test_shipped_configs_are_valid_and_fit_their_layout(path):
     ({"model": {"text_encoder_2": None}}, [], "raw media needs model.text_encoder_2"),
     ({"data": {"buckets": {"num_frame": 9}}}, [], "did you mean 'num_frames'"),
     ({"optimizer": {"rank_outlier_dropp": True}}, [], "did you mean 'rank_outlier_drop'"),
+    ({"optimizer": {"decay_style": "cosinus"}}, [], "optimizer.decay_style must be one of"),
+    ({"optimizer": {"warmup_steps": 10, "decay_steps": 10}}, [], "must be above optimizer.warmup_steps 10"),
     ({"optimizer": {"rank_outlier_drop": True}}, ["parallel.context=2"], "rank_outlier_drop needs parallel.context 1"),
     ({"sampling": {"every": 1}}, [], "sampling.every > 0 needs sampling.prompts"),
     ({"sampling": {"every": 1, "prompts": ["a"]}}, ["parallel.tensor=2"], "needs a single-rank model layout"),
@@ -104,7 +107,8 @@ def resume_config(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("resume")
     return write_config(root / "c.json", "osp15_suv_tiny", {
         "data": {"source": data["eight"], "global_batch_size": 2, "num_workers": 1},
-        "steps": STEPS, "checkpoint": {"every": 4, "keep_last": 2}})
+        "steps": STEPS, "checkpoint": {"every": 4, "keep_last": 2},
+        "optimizer": {"decay_style": "cosine", "min_lr": 1e-5}})   # decay_steps null: the run's STEPS
 
 
 def _command(config: Path, output: Path) -> list[str]:
@@ -181,6 +185,12 @@ def test_a_finished_run_is_not_redone_and_its_config_is_kept(resume_config, unin
     assert osp_train(resume_config, run, "--resume", "none") == 2
     assert "already holds a training run" in capsys.readouterr().err
     assert len(metrics(run)) == STEPS
+
+
+def test_the_cosine_decay_ends_with_the_run_by_default(uninterrupted):
+    """decay_steps null: the learning rate of step s (1-based) is megatron's cosine at s - 1 of STEPS."""
+    cosine = [1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * s / STEPS)) for s in range(STEPS)]
+    assert [e["lr"] for e in uninterrupted["metrics"]] == pytest.approx(cosine, rel=1e-9)
 
 
 def test_export_to_official_and_to_a_pipeline_that_samples(uninterrupted, tmp_path):

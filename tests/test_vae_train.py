@@ -201,9 +201,8 @@ def _state(path: Path) -> dict:
     return load_state(path)
 
 
-# warm-up over step 0, then a cosine decay to 1e-4 at step 3
-SCHEDULE = {"optimizer__warmup_steps": 1, "optimizer__decay_style": "cosine", "optimizer__decay_steps": 3,
-            "optimizer__min_lr": 1e-4}
+# warm-up over step 0, then a cosine decay to 1e-4 at the run's end (decay_steps null: steps = 4)
+SCHEDULE = {"optimizer__warmup_steps": 1, "optimizer__decay_style": "cosine", "optimizer__min_lr": 1e-4}
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +221,7 @@ def test_a_run_writes_metrics_checkpoints_and_the_ema_export(finished):
     assert "g_loss" not in records[1] and {"g_loss", "d_weight", "disc_loss", "disc_grad_norm"} <= set(records[2])
     assert all(math.isfinite(r[k]) for r in records for k in ("loss", "rec_loss", "kl_loss", "wl_loss", "psnr"))
     assert sorted(p.name for p in (finished / "checkpoints").iterdir()) == ["iter_0000002", "iter_0000004", "latest"]
-    cosine = [1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * s / 2)) for s in range(3)]
+    cosine = [1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * s / 3)) for s in range(3)]
     assert [r["lr"] for r in records] == pytest.approx([1e-3, *cosine])
     assert json.loads((finished / "config.json").read_text())["task"] == "vae"
     exported = WFVAE.from_pretrained(finished / "export" / "vae")
@@ -324,7 +323,8 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(data, tmp_path, monkeyp
     ({"data__global_batch_size": 2}, [], "must equal data.micro_batch_size 1 x 1"),
     ({"optimizer__ema_decay": 1.5}, [], "ema_decay must be in [0, 1)"),
     ({"data__frame_cache_mb": -1}, [], "data.frame_cache_mb, seed and checkpoint.keep_last must be >= 0"),
-    ({"optimizer__decay_style": "cosine"}, [], "optimizer.decay_style 'cosine' needs optimizer.decay_steps"),
+    ({"optimizer__warmup_steps": 5, "optimizer__decay_steps": 5}, [],
+     "optimizer.decay_steps (the step where the learning rate reaches min_lr) must be above optimizer.warmup_steps 5"),
     ({}, ["optimizer.decay_style=exponential"], "optimizer.decay_style must be one of"),
     ({"optimizer__min_lr": 0.1}, [], "optimizer.min_lr must be in [0, optimizer.lr=0.001]"),
     ({"loss__disc_norm": "instance"}, [], "loss.disc_norm must be one of"),

@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 VERSIONS = ("v1.5", "v1.3")
 DTYPES = ("fp32", "bf16")
 CLIP_MODES = ("adaptive", "fixed", "none")
+DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
 TINY = "tiny"  # text_encoder / tokenizer value: the small random encoders of mindspeed_mm.osp.text.tiny
 
 
@@ -76,8 +77,8 @@ class OptimizerConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-15
     warmup_steps: int = 0
-    decay_steps: Optional[int] = None
-    decay_style: str = "constant"
+    decay_steps: Optional[int] = None  # where the decay reaches min_lr; null: the run's steps
+    decay_style: str = "constant"     # after the warm-up: one of DECAY_STYLES
     min_lr: float = 0.0
     clip: str = "adaptive"            # "adaptive" (v1.5 rule), "fixed" (max_grad_norm) or "none"
     max_grad_norm: float = 1.0
@@ -249,6 +250,24 @@ def from_dict(values: dict) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+def schedule_problems(o, styles: tuple) -> list[str]:
+    """Problems of an optimizer section's learning-rate schedule (warmup_steps, decay_style, decay_steps)."""
+    if o.decay_style not in styles:
+        return [f"optimizer.decay_style must be one of {styles}, got {o.decay_style!r}"]
+    if o.decay_steps is not None and o.decay_steps <= o.warmup_steps:
+        return [f"optimizer.decay_steps (the step where the learning rate reaches min_lr) must be above "
+                f"optimizer.warmup_steps {o.warmup_steps}, got {o.decay_steps}"]
+    return []
+
+
+def decay_steps_of(o, steps: int) -> Optional[int]:
+    """The step where the decay ends: optimizer.decay_steps, or by default (null) the run's `steps`, as megatron
+    defaults lr_decay_iters to train_iters (None for a constant rate; past the warm-up in a run shorter than it)."""
+    if o.decay_style == "constant" or o.decay_steps is not None:
+        return o.decay_steps
+    return max(steps, o.warmup_steps + 1)
+
+
 def _positive(problems: list, **values) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
@@ -301,6 +320,7 @@ def check(config: TrainConfig) -> None:
         problems.append(f"optimizer.max_grad_norm must be > 0 with clip='fixed', got {o.max_grad_norm}")
     if not o.lr > 0 or o.min_lr < 0 or o.weight_decay < 0 or not o.eps > 0:
         problems.append("need optimizer.lr > 0, optimizer.eps > 0, optimizer.min_lr >= 0 and weight_decay >= 0")
+    problems += schedule_problems(o, DECAY_STYLES)
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         problems.append(f"optimizer.betas must be two values in [0, 1), got {o.betas}")
     problems += _sampling_problems(config)

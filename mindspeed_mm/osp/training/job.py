@@ -27,8 +27,8 @@ import torch
 
 from mindspeed_mm.osp.checkpoints.runs import RUN_CHECKPOINTS
 from mindspeed_mm.osp.training.config import (
-    ConfigError, TrainConfig, accumulation_steps, bucket_config, check_files, clip_of, inpaint_config,
-    rank_drop_of, sample_config,
+    ConfigError, TrainConfig, accumulation_steps, bucket_config, check_files, clip_of, decay_steps_of,
+    inpaint_config, rank_drop_of, sample_config,
 )
 from mindspeed_mm.osp.training.models import build_encoders, model_spec, official_model_config
 
@@ -413,7 +413,7 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
         load_pretrained(pmodel, config)
     o = config.optimizer
     optimizer = parallel.make_optimizer(pmodel, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
-                                        lr_warmup_steps=o.warmup_steps, lr_decay_steps=o.decay_steps,
+                                        lr_warmup_steps=o.warmup_steps, lr_decay_steps=decay_steps_of(o, config.steps),
                                         lr_decay_style=o.decay_style, min_lr=o.min_lr,
                                         bf16=config.model.dtype == "bf16")
     ema = ShardedEMA(pmodel, optimizer, o.ema_decay, o.ema_warmup) if o.ema else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from mindspeed_mm.osp.training.config import ConfigError, _build, apply_overrides
+from mindspeed_mm.osp.training.config import ConfigError, _build, apply_overrides, schedule_problems
 from mindspeed_mm.osp.vae.losses import LossConfig
 
 TASK = "vae"
@@ -51,7 +51,7 @@ class VAEOptimizerSection:
     disc_weight_decay: Optional[float] = None   # None: weight_decay
     warmup_steps: int = 0             # linear warm-up of both learning rates
     decay_style: str = "constant"     # then "constant", "linear" or "cosine" (megatron's rules, as the DiT's) ...
-    decay_steps: Optional[int] = None     # ... reaching min_lr at this step (required unless constant)
+    decay_steps: Optional[int] = None     # ... reaching min_lr at this step (null: the run's steps)
     min_lr: float = 0.0               # the discriminator's schedule is the VAE's scaled by disc_lr / lr
     clip_grad: Optional[float] = 1e5  # max gradient norm of each network; None: no clipping
     ema_decay: Optional[float] = 0.999    # EMA of the VAE weights (exported); None: no EMA
@@ -142,11 +142,7 @@ def check(config: VAETrainConfig) -> None:
         problems.append("need optimizer.lr > 0, optimizer.disc_lr > 0 (or null) and optimizer.eps > 0")
     if o.weight_decay < 0 or (o.disc_weight_decay is not None and o.disc_weight_decay < 0) or o.warmup_steps < 0:
         problems.append("optimizer.weight_decay, disc_weight_decay and warmup_steps must be >= 0")
-    if o.decay_style not in DECAY_STYLES:
-        problems.append(f"optimizer.decay_style must be one of {DECAY_STYLES}, got {o.decay_style!r}")
-    elif o.decay_style != "constant" and (o.decay_steps is None or o.decay_steps <= o.warmup_steps):
-        problems.append(f"optimizer.decay_style {o.decay_style!r} needs optimizer.decay_steps (the step where the "
-                        f"learning rate reaches min_lr) above warmup_steps {o.warmup_steps}, got {o.decay_steps}")
+    problems += schedule_problems(o, DECAY_STYLES)
     if not 0 <= o.min_lr <= o.lr:
         problems.append(f"optimizer.min_lr must be in [0, optimizer.lr={o.lr}], got {o.min_lr}")
     if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas):

@@ -35,7 +35,7 @@ from torch import nn
 
 from mindspeed_mm.osp.checkpoints.runs import LATEST
 from mindspeed_mm.osp.files import replace_dir, replace_file
-from mindspeed_mm.osp.training.config import ConfigError
+from mindspeed_mm.osp.training.config import ConfigError, decay_steps_of
 from mindspeed_mm.osp.training.job import (CHECKPOINTS, RESOLVED_CONFIG, StopRequest, _seeded, check_resume_config,
                                            init_distributed, resolve_resume)
 from mindspeed_mm.osp.training.vae_config import VAETrainConfig, check_inputs, load_vae_config, parse_vae_json
@@ -413,7 +413,8 @@ class _Run:
 
     def _lr(self, base: float) -> float:
         o = self.config.optimizer
-        return base * lr_factor(self.step, o.warmup_steps, o.decay_style, o.decay_steps, o.min_lr / o.lr)
+        return base * lr_factor(self.step, o.warmup_steps, o.decay_style, decay_steps_of(o, self.config.steps),
+                                o.min_lr / o.lr)
 
     def train_step(self, batch: dict) -> dict:
         """One generator step and (from disc_start) one discriminator step; returns the rank-averaged terms."""
