@@ -59,19 +59,21 @@ def test_blocks_cover_the_output_exactly(monkeypatch, workspace):
     assert _rel_diff(whole, F.conv3d(x, weight, bias, padding=(0, 1, 1))) < REL_TOL
 
 
-def test_wide_weight_over_few_blocks_is_transformed_tap_by_tap(monkeypatch):
-    """The whole transformed weight (3 taps, 442 KB) outweighs a 400 KB workspace over 6 blocks: taps are
-    re-transformed per block instead, and the result is unchanged."""
+@pytest.mark.parametrize("workspace, expected", [(400_000, [None]), (None, [0, 1, 2])])
+def test_the_weight_is_transformed_once_per_call(monkeypatch, workspace, expected):
+    """Several blocks (6 at a 400 KB workspace) share one transform of the whole weight; a single block (the default
+    workspace) transforms it tap by tap. Either way the result is the convolution."""
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(1, 32, 9, 21, 7, generator=gen)
     weight, bias = torch.randn(32, 32, 3, 3, 3, generator=gen), torch.randn(32, generator=gen)
-    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 400_000)
-    assert winograd._blocks(32, 32, 3, 7, 6, 2, 4) == (7, 1)
+    if workspace is not None:
+        monkeypatch.setattr(winograd, "WORKSPACE_BYTES", workspace)
+    assert winograd._blocks(32, 32, 3, 7, 6, 2, 4) == ((7, 1) if workspace else (7, 6))
     taps = []
     original = winograd.transform_weight
     monkeypatch.setattr(winograd, "transform_weight", lambda *a, **k: taps.append(k.get("tap")) or original(*a, **k))
     out = winograd.winograd_conv(x, weight, bias)
-    assert taps == [0, 1, 2] * 12   # 6 blocks x 2 groups of output channels (21 + 11: a tap slice <= 100 KB)
+    assert taps == expected
     assert _rel_diff(out, F.conv3d(x, weight, bias, padding=(0, 1, 1))) < REL_TOL
 
 

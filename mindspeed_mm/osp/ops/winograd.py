@@ -27,9 +27,6 @@ MIN_TAP_CHANNELS = 384
 # (measured, 1 thread: 3x3x3 at 512-640 channels on 4x16x16 1.5-1.6x faster, on 1x16x16 1.0-1.2x; 2 threads
 # 1.1-1.3x and 0.7-1.1x). So a 17x128x128 clip's latent-resolution convs (5x16x16) take it, not a 1x16x16 chunk.
 MIN_OUTPUT_POSITIONS = 1024
-# Up to this many blocks transform the weight tap by tap in every block rather than hold the whole transformed
-# weight when that is larger than the workspace (v1.3's 640-channel convs: 177 MB whole, 59 MB a tap).
-RETRANSFORM_BLOCKS = 8
 
 # Interpolation points 0, +-1, +-2 (the standard F(4, 3) matrices).
 INPUT_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -198,8 +195,8 @@ def winograd_conv(x, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.T
     `x` may be a list of tensors whose concatenation along time is the input (a causal conv's repeated first
     frame or carried-over frames, never concatenated in memory). Output (B, Co, T - kt + 1, H, W); equals
     conv3d(x, w, b, padding=(0, 1, 1)) up to float rounding. The work is split into blocks of frames x tile rows
-    (`_blocks`); a single block, or a few blocks of a weight whose transform outweighs the workspace, transform
-    the weight one tap at a time (4x one tap, not 4x the whole kernel).
+    (`_blocks`); a single block transforms the weight one tap at a time (4x one tap, not 4x the whole kernel),
+    several blocks share the whole transformed weight.
     """
     segments = [x] if isinstance(x, torch.Tensor) else list(x)
     b, c, _, h, w = segments[-1].shape
@@ -209,11 +206,9 @@ def winograd_conv(x, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.T
     ph, pw = -(-h // TILE), -(-w // TILE)
     frames, rows = _blocks(c, co, kt, t_out, ph, pw, segments[-1].element_size())
     blocks = [(t0, r0) for t0 in range(0, t_out, frames) for r0 in range(0, ph, rows)]
-    # One transformed tap at a time where a single block needs each tap once, and where the whole transformed
-    # weight would outweigh the workspace and few blocks redo the taps (wide layers on one chunk's frames).
-    n_blocks = b * len(blocks)
-    per_tap = n_blocks == 1 or (kt * ALPHA * ALPHA * co * c * segments[-1].element_size() > WORKSPACE_BYTES
-                                and n_blocks <= RETRANSFORM_BLOCKS)
+    # One transformed tap at a time where a single block needs each tap once; several blocks transform the weight
+    # once (re-transforming it per block cost more time than its memory is worth: docs/performance.md).
+    per_tap = b * len(blocks) == 1
     like = segments[-1]
     # Tap by tap, the output channels go in groups whose transformed weight slice is at most a quarter of the
     # workspace (a 640-channel tap is 59 MB whole, 15 MB in four groups).
