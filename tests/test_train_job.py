@@ -60,6 +60,7 @@ def test_shipped_configs_are_valid_and_fit_their_layout(path):
     ({"optimizer": {"rank_outlier_dropp": True}}, [], "did you mean 'rank_outlier_drop'"),
     ({"optimizer": {"decay_style": "cosinus"}}, [], "optimizer.decay_style must be one of"),
     ({"optimizer": {"warmup_steps": 10, "decay_steps": 10}}, [], "must be above optimizer.warmup_steps 10"),
+    ({"optimizer": {"min_lr": 0.5}}, [], "optimizer.min_lr must be in [0, optimizer.lr=0.001]"),
     ({"optimizer": {"rank_outlier_drop": True}}, ["parallel.context=2"], "rank_outlier_drop needs parallel.context 1"),
     ({"sampling": {"every": 1}}, [], "sampling.every > 0 needs sampling.prompts"),
     ({"sampling": {"every": 1, "prompts": ["a"]}}, ["parallel.tensor=2"], "needs a single-rank model layout"),

@@ -251,13 +251,16 @@ def from_dict(values: dict) -> TrainConfig:
 
 # ---------------------------------------------------------------------------------------------------- checks
 def schedule_problems(o, styles: tuple) -> list[str]:
-    """Problems of an optimizer section's learning-rate schedule (warmup_steps, decay_style, decay_steps)."""
+    """Problems of an optimizer section's learning-rate schedule (warmup_steps, decay_style, decay_steps, min_lr)."""
+    problems = []
     if o.decay_style not in styles:
-        return [f"optimizer.decay_style must be one of {styles}, got {o.decay_style!r}"]
+        problems.append(f"optimizer.decay_style must be one of {styles}, got {o.decay_style!r}")
     if o.decay_steps is not None and o.decay_steps <= o.warmup_steps:
-        return [f"optimizer.decay_steps (the step where the learning rate reaches min_lr) must be above "
-                f"optimizer.warmup_steps {o.warmup_steps}, got {o.decay_steps}"]
-    return []
+        problems.append(f"optimizer.decay_steps (the step where the learning rate reaches min_lr) must be above "
+                        f"optimizer.warmup_steps {o.warmup_steps}, got {o.decay_steps}")
+    if not 0 <= o.min_lr <= o.lr:
+        problems.append(f"optimizer.min_lr must be in [0, optimizer.lr={o.lr}], got {o.min_lr}")
+    return problems
 
 
 def decay_steps_of(o, steps: int) -> Optional[int]:

@@ -143,8 +143,6 @@ def check(config: VAETrainConfig) -> None:
     if o.weight_decay < 0 or (o.disc_weight_decay is not None and o.disc_weight_decay < 0) or o.warmup_steps < 0:
         problems.append("optimizer.weight_decay, disc_weight_decay and warmup_steps must be >= 0")
     problems += schedule_problems(o, DECAY_STYLES)
-    if not 0 <= o.min_lr <= o.lr:
-        problems.append(f"optimizer.min_lr must be in [0, optimizer.lr={o.lr}], got {o.min_lr}")
     if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas):
         problems.append(f"optimizer.betas must be two values in [0, 1), got {o.betas}")
     if o.clip_grad is not None and not o.clip_grad > 0:
