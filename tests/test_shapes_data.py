@@ -127,6 +127,13 @@ def test_objects_travel_far_and_stay_inside():
             assert obj.size / 2 <= x <= width - obj.size / 2 and obj.size / 2 <= y <= height - obj.size / 2
 
 
+def test_a_path_as_long_as_the_room_is_placed():
+    """In a frame too short for the drawn travel, the path is cut to the room left (start and end at the margins)."""
+    for seed in range(300):
+        obj = place_object(np.random.default_rng(seed), "red", "circle", "up", 16, 64)
+        lo = 2.0 + obj.size / 2
+        assert lo - 1e-9 <= obj.end[1] < obj.start[1] <= 16 - lo + 1e-9
+
 # ---------------------------------------------------------------------------------------------------- detectors
 def test_detects_every_combination(every_combination):
     acc = accuracy(every_combination)

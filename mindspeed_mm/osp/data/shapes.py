@@ -177,7 +177,7 @@ def place_object(rng: np.random.Generator, colour: str, shape: str, motion: str,
     horizontal = motion in ("left", "right")
     extent = width if horizontal else height
     travel = min(extent - 2 * lo, rng.uniform(*TRAVEL_RANGE) * extent)
-    a = rng.uniform(lo, extent - lo - travel)
+    a = lo + rng.uniform(0.0, max(0.0, extent - 2 * lo - travel))   # max: rounding when travel fills the room
     a, b = (a, a + travel) if motion in ("right", "down") else (a + travel, a)
     start, end = ((a, y), (b, y)) if horizontal else ((x, a), (x, b))
     return ShapeObject(colour, shape, motion, size, start, end)
