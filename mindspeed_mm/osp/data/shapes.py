@@ -59,7 +59,7 @@ VIDEO_TEMPLATES = ("{objects}", "a video of {objects}", "footage of {objects}")
 IMAGE_TEMPLATES = ("{objects}", "a picture of {objects}", "an image of {objects}")
 OBJECT_JOINER = " and "
 
-SIZE_RANGE = (0.22, 0.35)     # object side as a fraction of the frame's short side
+SIZE_RANGE = (0.3, 0.45)      # object side as a fraction of the frame's short side (64x64: 19-29 px)
 TRAVEL_RANGE = (0.3, 0.55)    # distance travelled over a clip, as a fraction of the frame along the motion
 MARGIN = 2.0                  # pixels between an object and the frame edge, at every frame
 
