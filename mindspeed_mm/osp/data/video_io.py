@@ -298,8 +298,9 @@ def read_frames(path: PathLike, indices: Sequence[int], *, backend: Optional[str
         # another reader decodes them. Said once per process, so it is never silent.
         if not _DECORD_FALLBACK_WARNED:
             _DECORD_FALLBACK_WARNED.append(path)
-            logger.warning("decord failed on %s (%s); reading it, and later files decord fails on, with %s",
-                           path, e, others[0])
+            logger.warning("decord failed on %s (%s); reading it, and later files decord fails on, with %s. The "
+                           "file may well be fine: decord cannot copy frames of some widths, 48 px among them "
+                           "(dmlc/decord#336)", path, e, others[0])
         frames = _call_reader(_FRAME_PICKERS[others[0]], path, others[0], indices)
     return torch.from_numpy(np.ascontiguousarray(frames))
 
