@@ -5,9 +5,13 @@
 #   bash examples/default_model/build.sh [RUNS_DIR]          # RUNS_DIR default: runs (writes RUNS_DIR/shapes*)
 #   INSTALL=1 bash examples/default_model/build.sh           # then copy the pipeline into mindspeed_mm/osp/default_model
 #
-# Sizes (environment): VIDEOS, IMAGES, VAE_STEPS, DIT_STEPS, EVAL_PROMPTS; the defaults are the shipped recipe, CI
-# runs it with a few steps of each stage. A stage whose output exists is resumed (training) or kept (the rest).
-# The defaults (6000 VAE steps, 12000 DiT steps) took 59 min end to end on 2 cores, evaluation included.
+# Sizes (environment): VIDEOS, IMAGES, VAE_STEPS, DIT_STEPS, EVAL_PROMPTS; the defaults are the shipped model's
+# recipe (its model card says which run made each part), CI runs it with a few steps of each stage. A stage whose
+# output exists is resumed (training) or kept (the rest).
+# VAE=DIR: use that exported, normalised WF-VAE (e.g. a copy of mindspeed_mm/osp/default_model/vae) instead of
+# training one; the DiT stages then start from it.
+# The defaults (8000 clips + 2000 images, 6000 VAE steps, 13000 DiT steps) take 1.7-2.5 h on 2 cores, evaluation
+# included (VAE about 30-50 min, DiT 65-95 min, depending on the machine; the model card has the stage times).
 # NPROC (default 2): the DiT trains as that many data-parallel processes of one thread each under torchrun (the
 # same global batch, so the same training up to float rounding; on 2 cores its small matmuls step 1.4x faster
 # than as one process with 2 threads; the VAE's convolutions gain nothing, so it stays one process). NPROC=1: one
@@ -18,6 +22,10 @@ OSP=${OSP:-.venv/bin/osp}
 TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
 NPROC=${NPROC:-2}
 if [ $(( 8 % NPROC )) -ne 0 ]; then echo "NPROC=$NPROC must divide 8 (the DiT's global batch)" >&2; exit 2; fi
+if [ -n "${VAE:-}" ] && [ ! -f "$VAE/config.json" ]; then
+  echo "VAE=$VAE holds no config.json: give an exported WF-VAE folder (osp train's export/vae, a pipeline's vae/)" >&2
+  exit 2
+fi
 
 # `osp train` ARGS as NPROC data-parallel processes (one thread each), or as one process when NPROC=1.
 train_dp() {
@@ -28,20 +36,23 @@ train_dp() {
   fi
 }
 RUNS=${1:-runs}
-VIDEOS=${VIDEOS:-800}
-IMAGES=${IMAGES:-200}
+VIDEOS=${VIDEOS:-8000}
+IMAGES=${IMAGES:-2000}
 VAE_STEPS=${VAE_STEPS:-6000}
-DIT_STEPS=${DIT_STEPS:-12000}
+DIT_STEPS=${DIT_STEPS:-13000}
 EVAL_PROMPTS=${EVAL_PROMPTS:-32}
 CFG=examples/default_model
 mkdir -p "$RUNS"
 
 [ -f "$RUNS/shapes/data.txt" ] || $OSP data make-shapes "$RUNS/shapes" --videos "$VIDEOS" --images "$IMAGES" --seed 0
 
-$OSP train --config $CFG/train_vae.json --output "$RUNS/shapes_vae" "data.source=$RUNS/shapes/data.txt" "steps=$VAE_STEPS"
-if [ ! -f "$RUNS/shapes_vae/normalised" ]; then
-  $OSP vae stats "$RUNS/shapes_vae/export/vae" --data "$RUNS/shapes/data.txt" --clips 64 --write
-  touch "$RUNS/shapes_vae/normalised"
+if [ -z "${VAE:-}" ]; then
+  $OSP train --config $CFG/train_vae.json --output "$RUNS/shapes_vae" "data.source=$RUNS/shapes/data.txt" "steps=$VAE_STEPS"
+  if [ ! -f "$RUNS/shapes_vae/normalised" ]; then
+    $OSP vae stats "$RUNS/shapes_vae/export/vae" --data "$RUNS/shapes/data.txt" --clips 64 --write
+    touch "$RUNS/shapes_vae/normalised"
+  fi
+  VAE=$RUNS/shapes_vae/export/vae
 fi
 
 [ -d "$RUNS/shapes_text" ] || $OSP text tiny "$RUNS/shapes_text" --captions "$RUNS/shapes/data.txt" --dim 32 --pooled-dim 32 \
@@ -49,11 +60,11 @@ fi
 
 TEXT=(--text-encoder "$RUNS/shapes_text/text_encoder" --tokenizer "$RUNS/shapes_text/tokenizer"
       --pooled-text-encoder "$RUNS/shapes_text/text_encoder_2" --pooled-tokenizer "$RUNS/shapes_text/tokenizer_2")
-$OSP data extract "$RUNS/shapes/data.txt" --config $CFG/train_dit.json --vae "$RUNS/shapes_vae/export/vae" "${TEXT[@]}" \
+$OSP data extract "$RUNS/shapes/data.txt" --config $CFG/train_dit.json --vae "$VAE" "${TEXT[@]}" \
   --max-length 24 --global-batch 8 --output "$RUNS/shapes_cache"
 
 train_dp --config $CFG/train_dit.json --output "$RUNS/shapes_dit" "steps=$DIT_STEPS" "data.micro_batch_size=$(( 8 / NPROC ))" \
-  "data.source=$RUNS/shapes/data.txt" "data.cache=$RUNS/shapes_cache" "model.vae=$RUNS/shapes_vae/export/vae" \
+  "data.source=$RUNS/shapes/data.txt" "data.cache=$RUNS/shapes_cache" "model.vae=$VAE" \
   "model.text_encoder=$RUNS/shapes_text/text_encoder" "model.tokenizer=$RUNS/shapes_text/tokenizer" \
   "model.text_encoder_2=$RUNS/shapes_text/text_encoder_2" "model.tokenizer_2=$RUNS/shapes_text/tokenizer_2"
 
