@@ -56,7 +56,8 @@ def test_the_recipe_runs_every_stage_into_a_pipeline_that_samples(tmp_path):
     assert json.loads((reused / "shapes_dit" / "config.json").read_text())["model"]["vae"] == str(vae)
     first, second = (load_pipeline(r / "shapes_pipeline").vae for r in (runs, reused))
     assert first.config == second.config
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    first, second = first.state_dict(), second.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_the_recipe_checks_a_given_vae_before_any_work(tmp_path):
@@ -65,7 +66,7 @@ def test_the_recipe_checks_a_given_vae_before_any_work(tmp_path):
     assert "holds no config.json" in done.stderr and not (tmp_path / "runs").exists()
 
 
-def test_the_shipped_default_model_loads_as_released_models_do_and_draws_the_prompted_colour(capsys):
+def test_the_shipped_default_model_loads_as_released_models_do_and_draws_what_is_prompted(capsys):
     """The shipped weights through the pipeline-folder loaders, scored by `osp eval shapes` with a small prompt set
     (the model card has the full evaluation: held-out colour / shape / motion 100% / 91% / 94% at 32 prompts): it
     beats its random-weights baseline, measured in the same run, on every attribute."""
@@ -79,6 +80,5 @@ def test_the_shipped_default_model_loads_as_released_models_do_and_draws_the_pro
     results = json.loads(capsys.readouterr().out)["results"]
     for split in ("held-out", "seen"):
         model, chance = results["model"][split]["accuracy"], results["random"][split]["accuracy"]
-        assert min(model["colour"], model["shape"], model["motion"]) >= 75.0, (split, model)
         for attribute in ("colour", "shape", "motion"):
-            assert model[attribute] > chance[attribute], (split, attribute, model, chance)
+            assert model[attribute] >= 75.0 and model[attribute] > chance[attribute], (split, attribute, model, chance)

@@ -61,6 +61,8 @@ def test_shipped_configs_are_valid_and_fit_their_layout(path):
     ({"optimizer": {"decay_style": "cosinus"}}, [], "optimizer.decay_style must be one of"),
     ({"optimizer": {"warmup_steps": 10, "decay_steps": 10}}, [], "must be above optimizer.warmup_steps 10"),
     ({"optimizer": {"min_lr": 0.5}}, [], "optimizer.min_lr must be in [0, optimizer.lr=0.001]"),
+    ({"optimizer": {"decay_style": "WSD", "decay_steps": 8, "wsd_decay_steps": 9}}, [],
+     "optimizer.wsd_decay_steps (how many steps before decay_steps the WSD decay starts) must be in [1, 8]"),
     ({"optimizer": {"rank_outlier_drop": True}}, ["parallel.context=2"], "rank_outlier_drop needs parallel.context 1"),
     ({"sampling": {"every": 1}}, [], "sampling.every > 0 needs sampling.prompts"),
     ({"sampling": {"every": 1, "prompts": ["a"]}}, ["parallel.tensor=2"], "needs a single-rank model layout"),

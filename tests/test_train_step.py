@@ -164,6 +164,22 @@ def _main_weights(pmodel):
     return {k: v.clone() for k, v in parallel.full_state_dict(pmodel).items()}
 
 
+def test_wsd_schedule_warms_up_holds_the_rate_then_decays_to_min_lr(engine):
+    """lr_decay_style="WSD" (megatron's warm-up / stable / decay): the rate of scheduler step s is the warm-up's
+    s / 2, the peak until lr_decay_steps - lr_wsd_decay_steps = 6, then linear down to min_lr at step 10 and after."""
+    pmodel = parallel.parallelize(_model())
+    with pytest.raises(ValueError, match="needs lr_wsd_decay_steps in"):
+        parallel.make_optimizer(pmodel, lr=1e-3, lr_warmup_steps=2, lr_decay_steps=10, lr_decay_style="WSD")
+    optimizer = parallel.make_optimizer(pmodel, lr=1e-3, lr_warmup_steps=2, lr_decay_steps=10, lr_decay_style="WSD",
+                                        min_lr=1e-4, lr_wsd_decay_steps=4, lr_wsd_decay_style="linear")
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.param_scheduler.step(1)
+    decay = [1e-4 + 9e-4 * c for c in (0.75, 0.5, 0.25, 0.0)]
+    assert rates == pytest.approx([0.0, 5e-4] + [1e-3] * 5 + decay + [1e-4], rel=1e-12)
+
+
 def test_planted_spike_is_clipped_to_the_threshold(engine):
     pmodel, optimizer = _build()
     clip = AdaptiveGradClip(max_init=1e3, extreme_floor=1e6)   # first ema = 3 gn: the warm-up steps are kept

@@ -326,6 +326,9 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(data, tmp_path, monkeyp
     ({"optimizer__warmup_steps": 5, "optimizer__decay_steps": 5}, [],
      "optimizer.decay_steps (the step where the learning rate reaches min_lr) must be above optimizer.warmup_steps 5"),
     ({}, ["optimizer.decay_style=exponential"], "optimizer.decay_style must be one of"),
+    ({}, ["optimizer.decay_style=WSD"], "optimizer.wsd_decay_steps (how many steps before decay_steps the WSD"),
+    ({}, ["optimizer.decay_style=WSD", "optimizer.wsd_decay_steps=1", "optimizer.wsd_decay_style=square"],
+     "optimizer.wsd_decay_style must be one of"),
     ({"optimizer__min_lr": 0.1}, [], "optimizer.min_lr must be in [0, optimizer.lr=0.001]"),
     ({"loss__disc_norm": "instance"}, [], "loss.disc_norm must be one of"),
     ({"model__vae": "wfvae_nope"}, [], "unknown WF-VAE preset"),
@@ -342,27 +345,30 @@ def test_bad_configs_are_refused_before_work(data, tmp_path, capsys, changes, ov
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("style", ["constant", "linear", "cosine"])
-def test_the_decay_follows_megatrons_scheduler(style):
+@pytest.mark.parametrize("style, wsd_style", [("constant", None), ("linear", None), ("cosine", None),
+                                              ("WSD", "linear"), ("WSD", "cosine"), ("WSD", "exponential"),
+                                              ("WSD", "minus_sqrt")])
+def test_the_decay_follows_megatrons_scheduler(style, wsd_style):
     """After the warm-up, the VAE's learning rate equals what megatron's OptimizerParamScheduler (the DiT's) gives
-    for the same settings, through the decay and past its end."""
+    for the same settings, through the decay and past its end ("WSD": held until step 11 - 5, then decayed)."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     from mindspeed_mm.osp.training.vae_job import lr_factor
 
-    warmup, decay_steps, lr, min_lr = 3, 11, 2e-3, 2e-4
+    warmup, decay_steps, lr, min_lr, wsd_steps = 3, 11, 2e-3, 2e-4, 5
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     scheduler = OptimizerParamScheduler(optimizer, init_lr=0.0, max_lr=lr, min_lr=min_lr, lr_warmup_steps=warmup,
                                         lr_decay_steps=decay_steps, lr_decay_style=style, start_wd=0.0, end_wd=0.0,
-                                        wd_incr_steps=1, wd_incr_style="constant")
+                                        wd_incr_steps=1, wd_incr_style="constant", wsd_decay_steps=wsd_steps,
+                                        lr_wsd_decay_style=wsd_style)
     ours, theirs = [], []
     for step in range(15):
         if step >= warmup:
-            ours.append(lr * lr_factor(step, warmup, style, decay_steps, min_lr / lr))
+            ours.append(lr * lr_factor(step, warmup, style, decay_steps, min_lr / lr, wsd_steps, wsd_style))
             theirs.append(scheduler.get_lr(optimizer.param_groups[0]))
         scheduler.step(1)
     assert ours == pytest.approx(theirs, rel=1e-12)
-    assert len(set(ours)) == (1 if style == "constant" else 9)
+    assert len(set(ours)) == {"constant": 1, "WSD": 6}.get(style, 9)   # WSD: the peak, 4 decayed rates, min_lr
     assert [lr * lr_factor(s, warmup, style, decay_steps, 0.1) for s in range(warmup)] == pytest.approx(
         [lr / 3, 2 * lr / 3, lr])
 

@@ -9,7 +9,8 @@ stage) and returns a scalar. Each data-parallel rank passes its own samples. Wei
 parameters (megatron's default grouping); the optimizer is torch AdamW when neither apex nor Transformer
 Engine is installed. The learning rate follows megatron's `OptimizerParamScheduler` (`optimizer.param_scheduler`,
 counted in optimizer steps; `train_step` advances it): linear warmup from 0 over `lr_warmup_steps`, then
-`lr_decay_style` ("constant", "linear", "cosine", "inverse-square-root") down to `min_lr` at `lr_decay_steps`.
+`lr_decay_style` ("constant", "linear", "cosine", "inverse-square-root"; "WSD": constant until
+`lr_decay_steps` - `lr_wsd_decay_steps`, then `lr_wsd_decay_style`) down to `min_lr` at `lr_decay_steps`.
 Like megatron, the first step runs with the learning rate of step 0 (0 under warmup). `bf16=True` trains a
 bfloat16 model with megatron's mixed precision (fp32 gradient reduction, fp32 main weights and Adam moments).
 """
@@ -25,16 +26,24 @@ def _unwrap(chunk):
     return getattr(chunk, "module", chunk)
 
 
-_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
+_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
+_WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 
 
-def _check_schedule(lr_warmup_steps: int, lr_decay_steps, lr_decay_style: str) -> None:
+def _check_schedule(lr_warmup_steps: int, lr_decay_steps, lr_decay_style: str, lr_wsd_decay_steps,
+                    lr_wsd_decay_style: str) -> None:
     if lr_decay_style not in _DECAY_STYLES:
         raise ValueError(f"lr_decay_style {lr_decay_style!r} is not one of {_DECAY_STYLES}")
     if lr_decay_style != "constant" and lr_decay_steps is None:
         raise ValueError(f"lr_decay_style={lr_decay_style!r} needs lr_decay_steps (the step where it reaches min_lr)")
     if lr_decay_steps is not None and lr_decay_steps <= lr_warmup_steps:
         raise ValueError(f"lr_decay_steps {lr_decay_steps} must be larger than lr_warmup_steps {lr_warmup_steps}")
+    if lr_decay_style == "WSD":
+        if lr_wsd_decay_steps is None or not 0 < lr_wsd_decay_steps <= lr_decay_steps - lr_warmup_steps:
+            raise ValueError(f"lr_decay_style='WSD' needs lr_wsd_decay_steps in [1, lr_decay_steps - lr_warmup_steps "
+                             f"= {lr_decay_steps - lr_warmup_steps}], got {lr_wsd_decay_steps}")
+        if lr_wsd_decay_style not in _WSD_DECAY_STYLES:
+            raise ValueError(f"lr_wsd_decay_style {lr_wsd_decay_style!r} is not one of {_WSD_DECAY_STYLES}")
 
 
 def _check_dtype(dtype: torch.dtype, bf16: bool) -> None:
@@ -50,11 +59,11 @@ def _check_dtype(dtype: torch.dtype, bf16: bool) -> None:
 def make_optimizer(pmodel, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                    clip_grad: float = 0.0, distributed: bool = True, lr_warmup_steps: int = 0,
                    lr_decay_steps: int | None = None, lr_decay_style: str = "constant", min_lr: float = 0.0,
-                   bf16: bool = False):
+                   lr_wsd_decay_steps: int | None = None, lr_wsd_decay_style: str = "linear", bf16: bool = False):
     """Wrap the chunks in megatron DDP (fp32 grad buffers) and build megatron's (distributed) Adam(W) with its
     LR scheduler as `optimizer.param_scheduler`. `bf16=True`: mixed precision for a model whose parameters are
     bfloat16 (fp32 main parameters and Adam moments in the optimizer, bf16 weights for the forward)."""
-    _check_schedule(lr_warmup_steps, lr_decay_steps, lr_decay_style)
+    _check_schedule(lr_warmup_steps, lr_decay_steps, lr_decay_style, lr_wsd_decay_steps, lr_wsd_decay_style)
     _check_dtype(pmodel.chunks[0].config.params_dtype, bf16)
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -91,7 +100,8 @@ def make_optimizer(pmodel, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 
         optimizer, init_lr=0.0, max_lr=lr, min_lr=min_lr, lr_warmup_steps=lr_warmup_steps,
         lr_decay_steps=lr_decay_steps or lr_warmup_steps + 1, lr_decay_style=lr_decay_style,
         start_wd=weight_decay, end_wd=weight_decay, wd_incr_steps=1, wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=False)
+        use_checkpoint_opt_param_scheduler=False, wsd_decay_steps=lr_wsd_decay_steps,
+        lr_wsd_decay_style=lr_wsd_decay_style)
     return optimizer
 
 

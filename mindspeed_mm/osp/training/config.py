@@ -21,7 +21,8 @@ from typing import Any, Optional, Union
 VERSIONS = ("v1.5", "v1.3")
 DTYPES = ("fp32", "bf16")
 CLIP_MODES = ("adaptive", "fixed", "none")
-DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
+DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
+WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")   # megatron's lr_wsd_decay_style
 TINY = "tiny"  # text_encoder / tokenizer value: the small random encoders of mindspeed_mm.osp.text.tiny
 
 
@@ -80,6 +81,8 @@ class OptimizerConfig:
     decay_steps: Optional[int] = None  # where the decay reaches min_lr; null: the run's steps
     decay_style: str = "constant"     # after the warm-up: one of DECAY_STYLES
     min_lr: float = 0.0
+    wsd_decay_steps: Optional[int] = None   # "WSD": lr held until decay_steps - this, then decayed to min_lr ...
+    wsd_decay_style: str = "linear"          # ... in this shape (one of WSD_DECAY_STYLES)
     clip: str = "adaptive"            # "adaptive" (v1.5 rule), "fixed" (max_grad_norm) or "none"
     max_grad_norm: float = 1.0
     adaptive_decay: float = 0.99
@@ -250,14 +253,23 @@ def from_dict(values: dict) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- checks
-def schedule_problems(o, styles: tuple) -> list[str]:
-    """Problems of an optimizer section's learning-rate schedule (warmup_steps, decay_style, decay_steps, min_lr)."""
+def schedule_problems(o, styles: tuple, steps: int) -> list[str]:
+    """Problems of an optimizer section's learning-rate schedule (warmup_steps, decay_style, decay_steps, min_lr,
+    wsd_decay_steps, wsd_decay_style) for a run of `steps`."""
     problems = []
     if o.decay_style not in styles:
         problems.append(f"optimizer.decay_style must be one of {styles}, got {o.decay_style!r}")
     if o.decay_steps is not None and o.decay_steps <= o.warmup_steps:
         problems.append(f"optimizer.decay_steps (the step where the learning rate reaches min_lr) must be above "
                         f"optimizer.warmup_steps {o.warmup_steps}, got {o.decay_steps}")
+    if o.decay_style == "WSD":
+        end = decay_steps_of(o, steps)
+        if o.wsd_decay_steps is None or not 0 < o.wsd_decay_steps <= end - o.warmup_steps:
+            problems.append(f"optimizer.wsd_decay_steps (how many steps before decay_steps the WSD decay starts) must "
+                            f"be in [1, {end - o.warmup_steps}] (decay_steps {end} - warmup_steps {o.warmup_steps}), "
+                            f"got {o.wsd_decay_steps}")
+        if o.wsd_decay_style not in WSD_DECAY_STYLES:
+            problems.append(f"optimizer.wsd_decay_style must be one of {WSD_DECAY_STYLES}, got {o.wsd_decay_style!r}")
     if not 0 <= o.min_lr <= o.lr:
         problems.append(f"optimizer.min_lr must be in [0, optimizer.lr={o.lr}], got {o.min_lr}")
     return problems
@@ -323,7 +335,7 @@ def check(config: TrainConfig) -> None:
         problems.append(f"optimizer.max_grad_norm must be > 0 with clip='fixed', got {o.max_grad_norm}")
     if not o.lr > 0 or o.min_lr < 0 or o.weight_decay < 0 or not o.eps > 0:
         problems.append("need optimizer.lr > 0, optimizer.eps > 0, optimizer.min_lr >= 0 and weight_decay >= 0")
-    problems += schedule_problems(o, DECAY_STYLES)
+    problems += schedule_problems(o, DECAY_STYLES, config.steps)
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         problems.append(f"optimizer.betas must be two values in [0, 1), got {o.betas}")
     problems += _sampling_problems(config)

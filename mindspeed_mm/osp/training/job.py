@@ -415,6 +415,7 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
     optimizer = parallel.make_optimizer(pmodel, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
                                         lr_warmup_steps=o.warmup_steps, lr_decay_steps=decay_steps_of(o, config.steps),
                                         lr_decay_style=o.decay_style, min_lr=o.min_lr,
+                                        lr_wsd_decay_steps=o.wsd_decay_steps, lr_wsd_decay_style=o.wsd_decay_style,
                                         bf16=config.model.dtype == "bf16")
     ema = ShardedEMA(pmodel, optimizer, o.ema_decay, o.ema_warmup) if o.ema else None
     clip, rank_drop = clip_of(config), rank_drop_of(config)

@@ -18,7 +18,7 @@ from mindspeed_mm.osp.training.config import ConfigError, _build, apply_override
 from mindspeed_mm.osp.vae.losses import LossConfig
 
 TASK = "vae"
-DECAY_STYLES = ("constant", "linear", "cosine")
+DECAY_STYLES = ("constant", "linear", "cosine", "WSD")
 
 
 @dataclass
@@ -50,9 +50,11 @@ class VAEOptimizerSection:
     weight_decay: float = 1e-4
     disc_weight_decay: Optional[float] = None   # None: weight_decay
     warmup_steps: int = 0             # linear warm-up of both learning rates
-    decay_style: str = "constant"     # then "constant", "linear" or "cosine" (megatron's rules, as the DiT's) ...
+    decay_style: str = "constant"     # then one of DECAY_STYLES (megatron's rules, as the DiT's) ...
     decay_steps: Optional[int] = None     # ... reaching min_lr at this step (null: the run's steps)
     min_lr: float = 0.0               # the discriminator's schedule is the VAE's scaled by disc_lr / lr
+    wsd_decay_steps: Optional[int] = None   # "WSD": lr held until decay_steps - this, then decayed to min_lr ...
+    wsd_decay_style: str = "linear"          # ... in this shape (one of WSD_DECAY_STYLES)
     clip_grad: Optional[float] = 1e5  # max gradient norm of each network; None: no clipping
     ema_decay: Optional[float] = 0.999    # EMA of the VAE weights (exported); None: no EMA
 
@@ -142,7 +144,7 @@ def check(config: VAETrainConfig) -> None:
         problems.append("need optimizer.lr > 0, optimizer.disc_lr > 0 (or null) and optimizer.eps > 0")
     if o.weight_decay < 0 or (o.disc_weight_decay is not None and o.disc_weight_decay < 0) or o.warmup_steps < 0:
         problems.append("optimizer.weight_decay, disc_weight_decay and warmup_steps must be >= 0")
-    problems += schedule_problems(o, DECAY_STYLES)
+    problems += schedule_problems(o, DECAY_STYLES, config.steps)
     if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas):
         problems.append(f"optimizer.betas must be two values in [0, 1), got {o.betas}")
     if o.clip_grad is not None and not o.clip_grad > 0:

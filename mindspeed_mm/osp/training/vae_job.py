@@ -342,16 +342,24 @@ def _mean_over_ranks(values: dict, world: int, device) -> dict:
     return {k: v / world for k, v in zip(keys, t.tolist())}
 
 
-def lr_factor(step: int, warmup: int, style: str, decay_steps: Optional[int], min_ratio: float) -> float:
+_DECAY_SHAPES = {"linear": lambda p: 1.0 - p, "cosine": lambda p: 0.5 * (math.cos(math.pi * p) + 1.0),
+                 "exponential": lambda p: 2.0 * 0.5 ** p - 1.0, "minus_sqrt": lambda p: 1.0 - math.sqrt(p)}
+
+
+def lr_factor(step: int, warmup: int, style: str, decay_steps: Optional[int], min_ratio: float,
+              wsd_steps: Optional[int] = None, wsd_style: str = "linear") -> float:
     """The learning rate of 0-based `step` as a fraction of the base rate: linear warm-up to 1 at step
-    `warmup` - 1, then `style` ("constant", "linear", "cosine") down to `min_ratio` at `decay_steps` and after
-    (the decay as megatron's OptimizerParamScheduler computes it for the DiT)."""
+    `warmup` - 1, then `style` ("constant", "linear", "cosine"; "WSD": 1 until `decay_steps` - `wsd_steps`, then
+    `wsd_style`) down to `min_ratio` at `decay_steps` and after (as megatron's OptimizerParamScheduler computes it
+    for the DiT)."""
     if step < warmup:
         return (step + 1) / warmup
     if style == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup) / (decay_steps - warmup))
-    shape = 1.0 - progress if style == "linear" else 0.5 * (math.cos(math.pi * progress) + 1.0)
+    if style == "WSD":
+        shape = _DECAY_SHAPES[wsd_style](min(1.0, max(0.0, step - decay_steps + wsd_steps) / wsd_steps))
+    else:
+        shape = _DECAY_SHAPES[style](min(1.0, (step - warmup) / (decay_steps - warmup)))
     return min_ratio + (1.0 - min_ratio) * shape
 
 
@@ -414,7 +422,7 @@ class _Run:
     def _lr(self, base: float) -> float:
         o = self.config.optimizer
         return base * lr_factor(self.step, o.warmup_steps, o.decay_style, decay_steps_of(o, self.config.steps),
-                                o.min_lr / o.lr)
+                                o.min_lr / o.lr, o.wsd_decay_steps, o.wsd_decay_style)
 
     def train_step(self, batch: dict) -> dict:
         """One generator step and (from disc_start) one discriminator step; returns the rank-averaged terms."""
