@@ -17,8 +17,8 @@ BUILD = ROOT / "examples" / "default_model" / "build.sh"
 def _build(runs: Path, **env) -> subprocess.CompletedProcess:
     """build.sh RUNS with a few steps of each stage (environment overrides in `env`)."""
     small = dict(OSP=f"{sys.executable} -m mindspeed_mm.osp.cli", TORCHRUN=f"{sys.executable} -m torch.distributed.run",
-                 VIDEOS="48", IMAGES="0", VAE_STEPS="2", DIT_STEPS="2", EVAL_PROMPTS="1", OMP_NUM_THREADS="2",
-                 PYTHONPATH=str(ROOT))
+                 VIDEOS="48", IMAGES="0", VAE_VIDEOS="8", VAE_STEPS="2", DIT_STEPS="2", EVAL_PROMPTS="1",
+                 OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
     return subprocess.run(["bash", str(BUILD), str(runs)], env={**os.environ, **small, **env}, capture_output=True,
                           text=True, timeout=900)
 
@@ -35,6 +35,10 @@ def test_the_recipe_runs_every_stage_into_a_pipeline_that_samples(tmp_path):
     vae_config = json.loads((runs / "shapes_vae" / "export" / "vae" / "config.json").read_text())["config"]
     assert len(vae_config["scale"]) == vae_config["latent_dim"] == 8
     assert set(vae_config["scale"]) != {1.0}                     # the normaliser was measured and stored
+    # the VAE trained on its own VAE_VIDEOS clips: the first clips of the DiT's data
+    vae_data = runs / "shapes_vae_data"
+    assert json.loads((runs / "shapes_vae" / "config.json").read_text())["data"]["source"] == str(vae_data / "data.txt")
+    assert json.loads((vae_data / "anno.json").read_text()) == json.loads((runs / "shapes" / "anno.json").read_text())[:8]
     # NPROC=2, the default: the DiT trained as 2 data-parallel ranks of micro batch 4 (global batch 8)
     assert json.loads((runs / "shapes_dit" / "config.json").read_text())["data"]["micro_batch_size"] == 4
     assert (runs / "shapes_dit" / "checkpoints" / "latest").read_text().strip() == "2"
@@ -52,7 +56,7 @@ def test_the_recipe_runs_every_stage_into_a_pipeline_that_samples(tmp_path):
     vae = runs / "shapes_vae" / "export" / "vae"
     done = _build(reused, VAE=str(vae))
     assert done.returncode == 0, done.stderr[-4000:]
-    assert not (reused / "shapes_vae").exists()
+    assert not (reused / "shapes_vae").exists() and not (reused / "shapes_vae_data").exists()
     assert json.loads((reused / "shapes_dit" / "config.json").read_text())["model"]["vae"] == str(vae)
     first, second = (load_pipeline(r / "shapes_pipeline").vae for r in (runs, reused))
     assert first.config == second.config
