@@ -5,9 +5,9 @@
 #   bash examples/default_model/build.sh [RUNS_DIR]          # RUNS_DIR default: runs (writes RUNS_DIR/shapes*)
 #   INSTALL=1 bash examples/default_model/build.sh           # then copy the pipeline into mindspeed_mm/osp/default_model
 #
-# Sizes (environment): VIDEOS, IMAGES, VAE_VIDEOS, VAE_STEPS, DIT_STEPS, EVAL_PROMPTS; the defaults are the shipped model's
-# recipe (its model card says which run made each part), CI runs it with a few steps of each stage. A stage whose
-# output exists is resumed (training) or kept (the rest).
+# Sizes (environment): VIDEOS, IMAGES, VAE_VIDEOS, VAE_STEPS, DIT_STEPS, EVAL_PROMPTS; the defaults are the shipped
+# model's recipe (its model card says which run made each part), CI runs it with a few steps of each stage. A stage
+# whose output exists is resumed (training) or kept (the rest).
 # The VAE trains on its own VAE_VIDEOS clips (RUNS/shapes_vae_data: the same generator and seed, so the first
 # VAE_VIDEOS clips of RUNS/shapes): 800 clips fit the loader's frame cache, so each is decoded once, and a VAE
 # trained on them scored higher than one trained on all 8000 (30.70 against 30.31 dB).
@@ -51,7 +51,8 @@ mkdir -p "$RUNS"
 [ -f "$RUNS/shapes/data.txt" ] || $OSP data make-shapes "$RUNS/shapes" --videos "$VIDEOS" --images "$IMAGES" --seed 0
 
 if [ -z "${VAE:-}" ]; then
-  [ -f "$RUNS/shapes_vae_data/data.txt" ] || $OSP data make-shapes "$RUNS/shapes_vae_data" --videos "$VAE_VIDEOS" --images 0 --seed 0
+  [ -f "$RUNS/shapes_vae_data/data.txt" ] ||
+    $OSP data make-shapes "$RUNS/shapes_vae_data" --videos "$VAE_VIDEOS" --images 0 --seed 0
   $OSP train --config $CFG/train_vae.json --output "$RUNS/shapes_vae" "data.source=$RUNS/shapes_vae_data/data.txt" \
     "steps=$VAE_STEPS"
   if [ ! -f "$RUNS/shapes_vae/normalised" ]; then

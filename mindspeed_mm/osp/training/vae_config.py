@@ -54,7 +54,7 @@ class VAEOptimizerSection:
     decay_steps: Optional[int] = None     # ... reaching min_lr at this step (null: the run's steps)
     min_lr: float = 0.0               # the discriminator's schedule is the VAE's scaled by disc_lr / lr
     wsd_decay_steps: Optional[int] = None   # "WSD": lr held until decay_steps - this, then decayed to min_lr ...
-    wsd_decay_style: str = "linear"          # ... in this shape (one of WSD_DECAY_STYLES)
+    wsd_decay_style: str = "linear"          # ... in this shape (one of config.WSD_DECAY_STYLES)
     clip_grad: Optional[float] = 1e5  # max gradient norm of each network; None: no clipping
     ema_decay: Optional[float] = 0.999    # EMA of the VAE weights (exported); None: no EMA
 
