@@ -10,6 +10,8 @@ on CPU it is not reported.
     python -m benchmarks.train_bench --configs examples/train/osp15_suv_t2v.json --layers 2,2,2 \\
         --latent 8,30,40 --batch 1 --dtype bf16                    # SUV at reduced depth on a GPU
     python -m benchmarks.train_bench --mid --latent 3,16,16 --text 512 --batch 1   # the mid-size SUV, CPU
+    python -m benchmarks.train_bench --configs examples/default_model/train_dit.json --latent 3,8,8 --batch 4 \
+        --text 24 --compile                                        # the default model's DiT, eager vs compiled
 """
 from __future__ import annotations
 
@@ -110,7 +112,19 @@ def bench(path: Path, args, device) -> dict:
             step()
         sync(device)
         times[name] = (time.perf_counter() - t0) / args.steps
-    tokens = args.batch * latent[0] * (latent[1] // 2) * (latent[2] // 2)
+    if args.compile:  # the same engine, its blocks compiled in place (the first warm-up step compiles)
+        parallel.compile_blocks(pmodel, input_shapes=1)
+        t0 = time.perf_counter()
+        engine_step()
+        times["compile"] = time.perf_counter() - t0
+        for _ in range(args.warmup - 1):
+            engine_step()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            engine_step()
+        times["compiled"] = (time.perf_counter() - t0) / args.steps
+    p = cfg.patch_size_thw[1] if config.model.version == "v1.5" else cfg.patch_size
+    tokens = args.batch * latent[0] * (latent[1] // p) * (latent[2] // p)
     flops = args.batch * training_flops(cfg, inputs["hidden_states"].shape[1:], args.text)
     peak = peak_flops(args.peak_tflops, device)
     from megatron.core import parallel_state
@@ -121,6 +135,9 @@ def bench(path: Path, args, device) -> dict:
            "engine_tokens_per_s": tokens / times["engine"], "plain_tokens_per_s": tokens / times["plain"],
            "engine_vs_plain": times["plain"] / times["engine"],
            "engine_mfu": flops / times["engine"] / peak if peak else None}
+    if args.compile:
+        row.update(compile_s=times["compile"], compiled_s=times["compiled"],
+                   compiled_vs_engine=times["engine"] / times["compiled"])
     return row
 
 
@@ -137,6 +154,9 @@ def main():
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--compile", action="store_true",
+                    help="then compile the engine's blocks (model.compile) and time it again: compiled s/step, the "
+                         "first (compiling) step's seconds, and engine eager / compiled")
     ap.add_argument("--peak-tflops", type=float, help="per-device peak for MFU (default: known GPUs; none on CPU)")
     args = ap.parse_args()
     if args.mid and args.configs == ap.get_default("configs"):
@@ -160,6 +180,9 @@ def main():
         print(f"{r['config']:<22}{r['params_M']:>10.2f}{r['tokens']:>8}{r['engine_s']:>10.4f}{r['plain_s']:>10.4f}"
               f"{r['engine_tokens_per_s']:>14.0f}{r['plain_tokens_per_s']:>13.0f}{r['engine_vs_plain']:>14.2f}"
               f"{mfu:>8}")
+        if args.compile:
+            print(f"{'':<22}compiled blocks: {r['compiled_s']:.4f} s/step ({r['tokens'] / r['compiled_s']:.0f} tok/s), "
+                  f"engine eager / compiled {r['compiled_vs_engine']:.2f}x, first step (compiling) {r['compile_s']:.0f} s")
     torch.distributed.destroy_process_group()
 
 

@@ -51,6 +51,8 @@ def test_shipped_configs_are_valid_and_fit_their_layout(path):
     ({"steps": "ten"}, [], "steps must be int, got 'ten'"),
     ({}, ["parallel.tensor=3"], "2 attention heads cannot be split over tensor_parallel 3"),
     ({}, ["parallel.sequence_parallel=true"], "sequence_parallel needs parallel.tensor >= 2"),
+    ({}, ["model.compile=true", "parallel.tensor=2"], "model.compile is verified with data parallelism only"),
+    ({}, ["model.compile=yes"], "model.compile must be bool, got 'yes'"),
     ({}, ["data.source=/nonexistent/data.txt"], "data.source /nonexistent/data.txt"),
     ({}, ["data.global_batch_size=3", "data.micro_batch_size=2"], "not a multiple of data.micro_batch_size"),
     ({"data": {"cache": "somewhere"}, "diffusion": {"inpaint": {}}}, [], "I2V training encodes masked videos"),
@@ -99,6 +101,30 @@ def test_loss_falls_when_overfitting_one_video(tmp_path, data, name):
     losses = [e["loss"] for e in metrics(tmp_path / "run")]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert len(losses) == 40 and last < 0.6 * first, (first, last)
+
+
+def test_compiled_blocks_train_like_eager(tmp_path, data):
+    """model.compile=true runs every block through torch.compile (inductor) and logs the eager run's losses and
+    grad norms to float32 rounding (3 steps of the tiny SUV, one bucket shape)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    config = write_config(tmp_path / "c.json", "osp15_suv_tiny", {
+        "data": {"source": data["one"], "global_batch_size": 2}, "steps": 3, "checkpoint": {"every": 1000}})
+    assert osp_train(config, tmp_path / "eager") == 0
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        assert osp_train(config, tmp_path / "compiled", "model.compile=true") == 0
+        compiled_frames = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert compiled_frames > 0
+    eager, compiled = metrics(tmp_path / "eager"), metrics(tmp_path / "compiled")
+    assert len(eager) == len(compiled) == 3
+    for e, c in zip(eager, compiled):
+        assert math.isclose(c["loss"], e["loss"], rel_tol=1e-4), (e, c)
+        assert math.isclose(c["grad_norm"], e["grad_norm"], rel_tol=1e-3), (e, c)
 
 
 # ---------------------------------------------------------------------------------------------------- resume

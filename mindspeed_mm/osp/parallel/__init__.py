@@ -33,6 +33,12 @@ def parallelize(model, recompute="none", device=None):
     return _parallelize(model, recompute, device)
 
 
+def compile_blocks(pmodel, input_shapes: int) -> int:
+    """torch.compile (inductor, static shapes) every block this rank runs, in place; see `shard.compile_blocks`."""
+    from mindspeed_mm.osp.parallel.shard import compile_blocks as _compile_blocks
+    return _compile_blocks(pmodel, input_shapes)
+
+
 def forward(pmodel, num_microbatches: int = 1, **inputs):
     from mindspeed_mm.osp.parallel.pipeline import forward as _forward
     return _forward(pmodel, num_microbatches, **inputs)

@@ -156,6 +156,29 @@ def parallelize(model: torch.nn.Module, recompute="none", device=None) -> Parall
     return ParallelModel(model, plan, chunks, meta_model, layout, weights_loaded=not on_meta)
 
 
+def compile_blocks(pmodel: ParallelModel, input_shapes: int) -> int:
+    """Compile every block this rank runs with torch.compile (inductor), in place: the module objects, parameter
+    names, checkpoints and the DDP hooks stay as they are; embeddings, head and optimizer run eager. Shapes are
+    static (inductor's dynamic-shape path fails on these blocks, torch 2.13), so every new block input shape
+    (a bucket's token count) compiles again, and blocks of the same kind share compiled code. Dynamo's recompile
+    limit is raised to blocks x `input_shapes`, so that no block falls back to eager once it has seen more shapes
+    than torch's default 8. Returns that limit."""
+    layout = pmodel.layout
+    if layout.tensor_parallel * layout.context_parallel * layout.pipeline_parallel > 1:
+        raise ValueError("compiled blocks are verified with data parallelism only (tensor, context and pipeline "
+                         f"parallel 1; this layout is TP{layout.tensor_parallel} CP{layout.context_parallel} "
+                         f"PP{layout.pipeline_parallel}): leave the blocks eager under model parallelism")
+    import torch._dynamo
+
+    blocks = [block for chunk in pmodel.chunks for block in getattr(chunk, "module", chunk).blocks]  # DDP: .module
+    limit = max(torch._dynamo.config.recompile_limit, len(blocks) * max(1, input_shapes))
+    torch._dynamo.config.recompile_limit = limit
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, limit)
+    for block in blocks:
+        block.compile(dynamic=False)
+    return limit
+
+
 def _shard_linears(model, plan, layout, device) -> None:
     for name, module in list(model.named_modules()):
         kind = plan.kind_of(name)

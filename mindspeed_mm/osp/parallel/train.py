@@ -22,10 +22,6 @@ from megatron.core import parallel_state
 from mindspeed_mm.osp.parallel.pipeline import schedule, split_microbatches
 
 
-def _unwrap(chunk):
-    return getattr(chunk, "module", chunk)
-
-
 _DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
 _WSD_DECAY_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 

@@ -43,6 +43,7 @@ class ModelConfig:
     max_text_length: int = 512
     dtype: str = "bf16"               # "bf16": mixed precision (fp32 main weights and Adam moments); "fp32"
     recompute: Union[str, int] = "none"   # "none", "full", or the number of leading blocks per stage
+    compile: bool = False             # torch.compile each block (inductor); data parallelism only
     vae_chunk_frames: Optional[int] = None  # encode raw media N frames at a time (same latents, less memory)
 
 
@@ -300,6 +301,9 @@ def check(config: TrainConfig) -> None:
         problems.append(f"model.dtype must be one of {DTYPES}, got {m.dtype!r}")
     if not (m.recompute in ("none", "full") or (isinstance(m.recompute, int) and m.recompute >= 0)):
         problems.append(f"model.recompute must be 'none', 'full' or a block count >= 0, got {m.recompute!r}")
+    if m.compile and p.tensor * p.context * p.pipeline > 1:
+        problems.append("model.compile is verified with data parallelism only: set parallel.tensor, parallel.context "
+                        "and parallel.pipeline to 1, or model.compile=false")
     if not d.source:
         problems.append("data.source is required (data.txt, an annotation JSON, or MindSpeed-MM's data.json)")
     if d.cache is None:

@@ -36,7 +36,7 @@ CHECKPOINTS = RUN_CHECKPOINTS
 RESOLVED_CONFIG = "config.json"
 # may differ between a checkpoint's run and its resumption (nothing else may)
 RESUMABLE_CHANGES = ("steps", "checkpoint.", "logging.", "parallel.", "data.num_workers", "data.micro_batch_size",
-                     "model.recompute", "model.vae_chunk_frames", "sampling.")
+                     "model.recompute", "model.compile", "model.vae_chunk_frames", "sampling.")
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -409,6 +409,8 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
     _check_text_fit(config, model_config, data)
     model = build_model(config, model_config)
     pmodel = parallel.parallelize(model, recompute=config.model.recompute, device=device)
+    if config.model.compile:
+        parallel.compile_blocks(pmodel, input_shapes=len(set(data.tokens)))
     if config.model.pretrained is not None:
         load_pretrained(pmodel, config)
     o = config.optimizer
