@@ -127,6 +127,24 @@ def test_compiled_blocks_train_like_eager(tmp_path, data):
         assert math.isclose(c["grad_norm"], e["grad_norm"], rel_tol=1e-3), (e, c)
 
 
+@pytest.mark.parametrize("layout, device, message", [
+    ({"tensor_parallel": 2}, "cpu", "verified with data parallelism only (tensor, context and pipeline parallel 1; "
+                                    "this layout is TP2 CP1 PP1)"),
+    ({"pipeline_parallel": 2}, "cpu", "this layout is TP1 CP1 PP2"),
+    ({}, "meta", "inductor, which targets CPU and CUDA; this model is on meta"),
+])
+def test_compile_blocks_refuses_what_is_not_verified(layout, device, message):
+    from types import SimpleNamespace
+
+    from mindspeed_mm.osp import parallel
+    from mindspeed_mm.osp.parallel.layout import Layout
+
+    chunk = SimpleNamespace(blocks=[torch.nn.Linear(2, 2, device=device)])
+    with pytest.raises(ValueError) as error:
+        parallel.compile_blocks(SimpleNamespace(layout=Layout(**layout), chunks=[chunk]), input_shapes=1)
+    assert message in str(error.value)
+
+
 # ---------------------------------------------------------------------------------------------------- resume
 STEPS = 24
 

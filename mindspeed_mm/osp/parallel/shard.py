@@ -164,13 +164,17 @@ def compile_blocks(pmodel: ParallelModel, input_shapes: int) -> int:
     limit is raised to blocks x `input_shapes`, so that no block falls back to eager once it has seen more shapes
     than torch's default 8. Returns that limit."""
     layout = pmodel.layout
-    if layout.tensor_parallel * layout.context_parallel * layout.pipeline_parallel > 1:
+    if layout.model_parallel > 1:
         raise ValueError("compiled blocks are verified with data parallelism only (tensor, context and pipeline "
                          f"parallel 1; this layout is TP{layout.tensor_parallel} CP{layout.context_parallel} "
                          f"PP{layout.pipeline_parallel}): leave the blocks eager under model parallelism")
     import torch._dynamo
 
     blocks = [block for chunk in pmodel.chunks for block in getattr(chunk, "module", chunk).blocks]  # DDP: .module
+    device = next(p for block in blocks for p in block.parameters()).device
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"compiled blocks need inductor, which targets CPU and CUDA; this model is on {device.type}: "
+                         "leave the blocks eager (model.compile=false)")
     limit = max(torch._dynamo.config.recompile_limit, len(blocks) * max(1, input_shapes))
     torch._dynamo.config.recompile_limit = limit
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, limit)
