@@ -53,6 +53,8 @@ def test_shipped_configs_are_valid_and_fit_their_layout(path):
     ({}, ["parallel.sequence_parallel=true"], "sequence_parallel needs parallel.tensor >= 2"),
     ({}, ["model.compile=true", "parallel.tensor=2"], "model.compile is verified with data parallelism only"),
     ({}, ["model.compile=yes"], "model.compile must be bool, got 'yes'"),
+    ({"data": {"buckets": {"patch_size": 1}}}, [], "data.buckets.patch_size 1 differs from the transformer's spatial "
+                                                  "patch 2"),
     ({}, ["data.source=/nonexistent/data.txt"], "data.source /nonexistent/data.txt"),
     ({}, ["data.global_batch_size=3", "data.micro_batch_size=2"], "not a multiple of data.micro_batch_size"),
     ({"data": {"cache": "somewhere"}, "diffusion": {"inpaint": {}}}, [], "I2V training encodes masked videos"),
@@ -125,6 +127,20 @@ def test_compiled_blocks_train_like_eager(tmp_path, data):
     for e, c in zip(eager, compiled):
         assert math.isclose(c["loss"], e["loss"], rel_tol=1e-4), (e, c)
         assert math.isclose(c["grad_norm"], e["grad_norm"], rel_tol=1e-3), (e, c)
+
+
+def test_logged_tokens_follow_the_transformers_patch(tmp_path, data):
+    """tokens_per_s counts DiT tokens: a patch-1 transformer has 4x the tokens of patch 2 on the same clips."""
+    tiny = json.loads((ROOT / "examples" / "train" / "osp15_suv_tiny.json").read_text())["model"]["transformer"]
+    per_sample = {}
+    for patch in (1, 2):
+        config = write_config(tmp_path / f"c{patch}.json", "osp15_suv_tiny", {
+            "model": {"transformer": {**tiny, "patch_size_thw": [1, patch, patch]}}, "data": {"source": data["one"]},
+            "steps": 1, "checkpoint": {"every": 1000}})
+        assert osp_train(config, tmp_path / f"p{patch}") == 0
+        (entry,) = metrics(tmp_path / f"p{patch}")
+        per_sample[patch] = entry["tokens_per_s"] / entry["samples_per_s"]
+    assert per_sample[1] == pytest.approx(4 * per_sample[2]) and per_sample[2] > 0
 
 
 @pytest.mark.parametrize("layout, device, message", [

@@ -19,21 +19,12 @@
 # same global batch, so the same training up to float rounding; on 2 cores its small matmuls step 1.4x faster
 # than as one process with 2 threads; the VAE's convolutions gain nothing, so it stays one process). NPROC=1: one
 # process. NPROC must divide 8 (the DiT's global batch).
-# DIT_COMPILE=1: train the DiT with model.compile=true (torch.compile of each block): 0.30 instead of 0.42 s per
-# step here, after about 13 min of compiling (once per bucket token count; a run resumed later reuses inductor's
-# on-disk cache), so about 13 min less at 13000 steps. Its first 300 steps logged the eager run's losses to 5
-# decimals, but no model trained this way to the end has been evaluated, so the default stays eager (0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OSP=${OSP:-.venv/bin/osp}
 TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
 NPROC=${NPROC:-2}
 if [ $(( 8 % NPROC )) -ne 0 ]; then echo "NPROC=$NPROC must divide 8 (the DiT's global batch)" >&2; exit 2; fi
-case "${DIT_COMPILE:-0}" in
-  0) DIT_COMPILE=false ;;
-  1) DIT_COMPILE=true ;;
-  *) echo "DIT_COMPILE=$DIT_COMPILE: give 1 (compile the DiT's blocks) or 0 (eager, the default)" >&2; exit 2 ;;
-esac
 if [ -n "${VAE:-}" ] && [ ! -f "$VAE/config.json" ]; then
   echo "VAE=$VAE holds no config.json: give an exported WF-VAE folder (osp train's export/vae, a pipeline's vae/)" >&2
   exit 2
@@ -80,7 +71,6 @@ $OSP data extract "$RUNS/shapes/data.txt" --config $CFG/train_dit.json --vae "$V
   --max-length 24 --global-batch 8 --output "$RUNS/shapes_cache"
 
 train_dp --config $CFG/train_dit.json --output "$RUNS/shapes_dit" "steps=$DIT_STEPS" "data.micro_batch_size=$(( 8 / NPROC ))" \
-  "model.compile=$DIT_COMPILE" \
   "data.source=$RUNS/shapes/data.txt" "data.cache=$RUNS/shapes_cache" "model.vae=$VAE" \
   "model.text_encoder=$RUNS/shapes_text/text_encoder" "model.tokenizer=$RUNS/shapes_text/tokenizer" \
   "model.text_encoder_2=$RUNS/shapes_text/text_encoder_2" "model.tokenizer_2=$RUNS/shapes_text/tokenizer_2"

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -142,6 +142,17 @@ def check_layout(config: TrainConfig, model_config: dict) -> None:
     if p.sequence_parallel and p.tensor == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tensor >= 2 (it splits the sequence over the "
                           "tensor-parallel group)")
+    given = config.data.buckets.get("patch_size")
+    if given is not None and given != spatial_patch(config, model_config):
+        raise ConfigError(f"data.buckets.patch_size {given} differs from the transformer's spatial patch "
+                          f"{spatial_patch(config, model_config)}; leave it out (bucket token counts use the "
+                          "transformer's)")
+
+
+def spatial_patch(config: TrainConfig, model_config: dict) -> int:
+    """The transformer's spatial patch size: a bucket's DiT token count is latent T x H/p x W/p."""
+    _, cfg = model_spec(config, model_config)
+    return cfg.patch_size_thw[1] if config.model.version == "v1.5" else cfg.patch_size
 
 
 def build_model(config: TrainConfig, model_config: dict):
@@ -182,7 +193,9 @@ class DataSide:
     flops_per_sample: object = None        # model inputs -> training FLOPs of one sample (for MFU)
 
 
-def build_data(config: TrainConfig, dp_rank: int, dp_size: int, accumulation: int, layout, vae_factors) -> DataSide:
+def build_data(config: TrainConfig, dp_rank: int, dp_size: int, accumulation: int, layout, vae_factors,
+               patch: int) -> DataSide:
+    """Dataset, sampler and collate of this data-parallel rank; `patch`: the transformer's spatial patch."""
     from mindspeed_mm.osp.data.annotations import load_annotations
     from mindspeed_mm.osp.data.buckets import assign_buckets
     from mindspeed_mm.osp.data.cache import CachedDataset, LatentCache, collate_cached
@@ -190,7 +203,7 @@ def build_data(config: TrainConfig, dp_rank: int, dp_size: int, accumulation: in
     from mindspeed_mm.osp.data.sampler import GroupedBatchSampler
 
     d = config.data
-    buckets = bucket_config(config)
+    buckets = replace(bucket_config(config), patch_size=patch)
     anno = load_annotations(d.source)
     assignment = assign_buckets(anno, buckets, d.global_batch_size)
     dataset = OSPDataset(anno, assignment, buckets, sample_config(config))
@@ -405,7 +418,7 @@ def _train(config: TrainConfig, output: Path, checkpoint: Optional[Path], model_
     from megatron.core import parallel_state
     rank = torch.distributed.get_rank()
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
-    data = build_data(config, dp_rank, dp_size, accumulation, layout, vae_factors)
+    data = build_data(config, dp_rank, dp_size, accumulation, layout, vae_factors, spatial_patch(config, model_config))
     _check_text_fit(config, model_config, data)
     model = build_model(config, model_config)
     pmodel = parallel.parallelize(model, recompute=config.model.recompute, device=device)
