@@ -60,6 +60,7 @@ def bench(path: Path, args, device) -> dict:
     from mindspeed_mm.osp.training.config import clip_of, load_config
     from mindspeed_mm.osp.training.ema import ShardedEMA
     from mindspeed_mm.osp.training.flops import training_flops
+    from mindspeed_mm.osp.training.job import spatial_patch
     from mindspeed_mm.osp.training.models import model_spec, official_model_config
     from mindspeed_mm.osp.training.objectives import loss_fn
     from mindspeed_mm.osp.training.runlog import peak_flops
@@ -123,7 +124,7 @@ def bench(path: Path, args, device) -> dict:
         for _ in range(args.steps):
             engine_step()
         times["compiled"] = (time.perf_counter() - t0) / args.steps
-    p = cfg.patch_size_thw[1] if config.model.version == "v1.5" else cfg.patch_size
+    p = spatial_patch(config, model_config)
     tokens = args.batch * latent[0] * (latent[1] // p) * (latent[2] // p)
     flops = args.batch * training_flops(cfg, inputs["hidden_states"].shape[1:], args.text)
     peak = peak_flops(args.peak_tflops, device)

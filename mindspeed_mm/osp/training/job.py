@@ -142,11 +142,10 @@ def check_layout(config: TrainConfig, model_config: dict) -> None:
     if p.sequence_parallel and p.tensor == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tensor >= 2 (it splits the sequence over the "
                           "tensor-parallel group)")
-    given = config.data.buckets.get("patch_size")
-    if given is not None and given != spatial_patch(config, model_config):
-        raise ConfigError(f"data.buckets.patch_size {given} differs from the transformer's spatial patch "
-                          f"{spatial_patch(config, model_config)}; leave it out (bucket token counts use the "
-                          "transformer's)")
+    given, patch = config.data.buckets.get("patch_size"), spatial_patch(config, model_config)
+    if given is not None and given != patch:
+        raise ConfigError(f"data.buckets.patch_size {given} differs from the transformer's spatial patch {patch}; "
+                          "leave it out (bucket token counts use the transformer's)")
 
 
 def spatial_patch(config: TrainConfig, model_config: dict) -> int:
