@@ -12,14 +12,23 @@ from mindspeed_mm.osp.vae.causal_conv import CausalConv3d, FrameConv2d, per_fram
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel axis of (B, C, ...) tensors (official `Normalize(..., "layernorm")`).
 
-    The output is contiguous in (B, C, ...) order, so the convolution after it needs no copy of its own."""
+    The output is contiguous in (B, C, ...) order, so the direct convolution after it needs no copy of its own.
+    With `keep_channels_last` (set with the WF-VAE's CPU fast path) float32 CPU inference returns the
+    channels-last result as a (B, C, ...) view instead: the Winograd convolution reads channels-last, so the
+    transposing copy back is skipped (a direct convolution after it makes that copy itself)."""
+
+    keep_channels_last = False
 
     def __init__(self, channels: int):
         super().__init__()
         self.norm = nn.LayerNorm(channels, eps=1e-6, elementwise_affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1).contiguous()
+        y = self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        if (self.keep_channels_last and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_grad_enabled()):
+            return y
+        return y.contiguous()
 
 
 def silu_(x: torch.Tensor) -> torch.Tensor:

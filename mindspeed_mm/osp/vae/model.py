@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mindspeed_mm.osp.files import replace_file
+from mindspeed_mm.osp.vae.blocks import ChannelLayerNorm
 from mindspeed_mm.osp.vae.causal_conv import reset_streams, set_fast_conv
 from mindspeed_mm.osp.vae.checkpoint import find_checkpoint_in_dir, load_checkpoint_file
 from mindspeed_mm.osp.vae.config import WFVAEConfig, load_preset
@@ -65,6 +66,9 @@ class WFVAE(nn.Module):
         relative difference, see docs/performance.md). Off by default: the direct convolution is the reference.
         CUDA, Ascend, other dtypes and training always use the direct convolution. Returns self."""
         set_fast_conv(self, enabled)
+        for m in self.modules():
+            if isinstance(m, ChannelLayerNorm):
+                m.keep_channels_last = bool(enabled)
         return self
 
     # ---- shapes -------------------------------------------------------------------------------------------
