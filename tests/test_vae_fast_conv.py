@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from mindspeed_mm.osp.ops import winograd
 from mindspeed_mm.osp.vae import WFVAE
-from mindspeed_mm.osp.vae.causal_conv import CausalConv3d, FrameConv2d
+from mindspeed_mm.osp.vae.causal_conv import CausalConv3d, FastConvMixin, FrameConv2d
 
 REL_TOL = 2e-5   # F(4x4, 3x3) in float32: about 1e-5 of the output scale
 
@@ -128,6 +128,31 @@ def test_wfvae_fast_path_matches_reference_whole_and_chunked(vae):
     assert (vae.decode(ref_z, chunk_frames=1) - fast_video).abs().max() < 1e-4
     vae.use_fast_conv(False)
     assert torch.equal(vae.decode(ref_z), ref_video)
+
+
+def test_fast_layout_keeps_the_weights(vae, tmp_path):
+    """A conv's first fast-path call stores its weight in winograd.fast_layout: the same values, a view for the
+    weight transform; the direct conv still reads it right, saving writes it plainly, turning the path off undoes it."""
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    video = torch.rand(1, 3, 1 + vae.temporal_compression, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(video).mode()
+        vae.use_fast_conv()
+        fast = vae.decode(z)
+        moved = [k for k, v in vae.state_dict().items() if not v.is_contiguous()]
+        assert moved and all(winograd.in_fast_layout(vae.state_dict()[k]) for k in moved)
+        assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())
+        assert torch.equal(vae.decode(z), fast)
+        for m in vae.modules():   # direct convolutions on the weights still in the fast layout
+            if isinstance(m, FastConvMixin):
+                m.fast_conv = False
+        direct_on_fast_layout = vae.decode(z)
+        vae.save_pretrained(tmp_path / "saved")
+        vae.use_fast_conv(False)
+        assert all(p.is_contiguous() for p in vae.parameters())
+        assert _rel_diff(direct_on_fast_layout, vae.decode(z)) < 1e-6
+    reloaded = WFVAE.from_pretrained(tmp_path / "saved").state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in before.items())
 
 
 def test_training_never_takes_the_fast_path(vae):

@@ -21,7 +21,8 @@ class FastConvMixin:
     """`fast_conv = True` routes float32 CPU inference of 3x3 (stride 1, padding 1) convs through Winograd
     F(4x4, 3x3) (ops/winograd.py); everything else, and `fast_conv = False` (the default), runs the direct
     convolution, which stays the reference. The weights are transformed on each call, not cached: a cache would
-    hold 4x the conv weights (2 GB for the v1.3 WF-VAE)."""
+    hold 4x the conv weights (2 GB for the v1.3 WF-VAE). A conv's first fast-path call moves its weight into
+    `winograd.fast_layout` (same values, same size); turning the fast path off moves it back."""
 
     fast_conv = False
 
@@ -31,6 +32,8 @@ class FastConvMixin:
         frames = sum(seg.shape[2] for seg in segments)
         if not (self.fast_conv and winograd.supported(conv, segments[-1], frames)):
             return None
+        if not winograd.in_fast_layout(conv.weight):
+            conv.weight.data = winograd.fast_layout(conv.weight.data)
         return winograd.winograd_conv(segments, conv.weight, conv.bias)
 
 
@@ -154,6 +157,9 @@ def set_fast_conv(module: nn.Module, enabled: bool) -> None:
     for m in module.modules():
         if isinstance(m, FastConvMixin):
             m.fast_conv = bool(enabled)
+            conv = m.conv if isinstance(m, CausalConv3d) else m
+            if not enabled and not conv.weight.is_contiguous():   # back from winograd.fast_layout
+                conv.weight.data = conv.weight.data.contiguous()
 
 
 def reset_streams(module: nn.Module) -> None:
