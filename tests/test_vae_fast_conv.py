@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from mindspeed_mm.osp.ops import winograd
 from mindspeed_mm.osp.vae import WFVAE
+from mindspeed_mm.osp.vae.blocks import Upsample
 from mindspeed_mm.osp.vae.causal_conv import CausalConv3d, FastConvMixin, FrameConv2d
 
 REL_TOL = 2e-5   # F(4x4, 3x3) in float32: about 1e-5 of the output scale
@@ -100,6 +101,31 @@ def test_frame_conv2d_fast_path_matches(monkeypatch):
         conv.fast_conv = False
         ref = conv(x)
     assert _rel_diff(fast, ref) < REL_TOL and (fast - ref).abs().max() > 0
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 0), (1, 1, 0)])
+def test_frame_conv2d_direct_5d_matches_per_frame(kernel, stride, padding):
+    """Convs the fast path leaves to oneDNN run as one 1 x k x k conv3d on the 5-D tensor, whatever its layout."""
+    gen = torch.Generator().manual_seed(kernel + stride)
+    conv = FrameConv2d(8, 12, kernel, stride=stride, padding=padding)
+    base = torch.randn(2, 8, 3, 10, 14, generator=gen)
+    layouts = {"contiguous": base, "channels-last": base.contiguous(memory_format=torch.channels_last_3d),
+               "frames-major view": base.transpose(1, 2).contiguous().transpose(1, 2)}
+    with torch.no_grad():
+        ref = conv(base)
+        conv.fast_conv = True
+        for name, x in layouts.items():
+            out = conv(x)
+            assert out.shape == ref.shape and _rel_diff(out, ref) < 1e-6, name
+
+
+def test_upsample_fast_path_is_the_per_frame_upsample():
+    up = Upsample(8)
+    x = torch.randn(1, 8, 3, 5, 6)
+    with torch.no_grad():
+        ref = up(x)
+        up.conv.fast_conv = True
+        assert _rel_diff(up(x), ref) < 1e-6
 
 
 @pytest.fixture(params=["tiny_v13", "tiny_v15"])

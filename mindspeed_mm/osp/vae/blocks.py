@@ -125,13 +125,16 @@ class Spatial2xTime2x3DDownsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Per-frame 2x nearest spatial upsampling followed by a 3x3 conv. Keys `conv.*` (4-D)."""
+    """Per-frame 2x nearest spatial upsampling followed by a 3x3 conv. Keys `conv.*` (4-D). Under the CPU fast
+    path the upsampling runs on the 5-D tensor with a time factor of 1 (the same values, no transposing copy)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = FrameConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, flush: bool = True) -> torch.Tensor:
+        if self.conv.fast_conv:
+            return self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
         return self.conv(per_frame(lambda f: F.interpolate(f, scale_factor=2.0, mode="nearest"), x))
 
 

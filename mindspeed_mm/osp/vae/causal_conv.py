@@ -86,8 +86,7 @@ class CausalConv3d(FastConvMixin, nn.Module):
         # PyTorch's CPU heuristic sends conv3d inputs with small B*C*T*H (short chunks, narrow layers) to an
         # im2col kernel that is several times slower and allocates a large column buffer; oneDNN is used
         # directly for float32 CPU inference instead (same result up to float rounding).
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and torch.backends.mkldnn.is_available()):
+        if _plain_cpu_inference(x):
             c = self.conv
             return torch.ops.aten.mkldnn_convolution(x.contiguous(), c.weight, c.bias, list(c.padding),
                                                      list(c.stride), list(c.dilation), c.groups)
@@ -110,11 +109,28 @@ def _tail(segments: list, count: int) -> torch.Tensor:
 
 
 class FrameConv2d(FastConvMixin, nn.Conv2d):
-    """nn.Conv2d applied to every frame of a (B, C, T, H, W) tensor. Keys: `weight`, `bias`."""
+    """nn.Conv2d applied to every frame of a (B, C, T, H, W) tensor. Keys: `weight`, `bias`.
+
+    Under the fast path, a conv that Winograd does not take runs as one oneDNN conv3d with a 1 x kh x kw kernel
+    on the 5-D tensor (the same oneDNN kernel, bit-identical in the tests): no transposing copy of the input to
+    (B * T, C, H, W) frames, and a channels-last input (the fast path's LayerNorm output) stays channels-last."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fast = self._winograd(self, [x]) if x.shape[2] else None
+        if not x.shape[2]:
+            return per_frame(super().forward, x)
+        fast = self._winograd(self, [x])
+        if fast is None and self.fast_conv and _plain_cpu_inference(x) and isinstance(self.padding, tuple):
+            if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)):
+                x = x.contiguous()
+            return torch.ops.aten.mkldnn_convolution(x, self.weight.unsqueeze(2), self.bias, [0, *self.padding],
+                                                     [1, *self.stride], [1, *self.dilation], self.groups)
         return per_frame(super().forward, x) if fast is None else fast
+
+
+def _plain_cpu_inference(x: torch.Tensor) -> bool:
+    """Float32 CPU inference with oneDNN available: where `torch.ops.aten.mkldnn_convolution` is called directly."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available())
 
 
 def per_frame(fn, x: torch.Tensor) -> torch.Tensor:
