@@ -4,7 +4,8 @@ A conv with a 3x3 spatial kernel, stride 1 and zero padding 1 (2-D per frame, or
 temporal taps) becomes, per 6x6 input tile, 36 channel GEMMs instead of 9 taps over 4x4 outputs: 4x fewer
 multiplies (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). The tile transforms
 are element-wise passes over a channels-last copy of the input (so every pass runs along contiguous channels);
-the GEMMs (tiles x Ci) @ (Ci x Co) run in torch's BLAS with both operands contiguous. Float32 results differ
+the GEMMs (tiles x Ci) @ (Ci x Co) run in torch's BLAS with both operands contiguous, and the output is written
+channels-last. Float32 results differ
 from the direct convolution by float rounding only (about 1e-5 relative); the direct convolution stays the
 reference.
 
@@ -177,15 +178,15 @@ def _input_transform(segments, item: int, t0: int, t1: int, row0: int, rows: int
 
 
 def _output_transform(m: torch.Tensor, out: torch.Tensor, rows: int, pw: int) -> None:
-    """m (36, n * rows * pw, Co) -> out (Co, n, h, W) with h <= 4 * rows: A^T m A per tile as one
-    (tiles * Co x 36) @ (36 x 16) GEMM, then the rows of 4 outputs of each tile interleaved into place (cropped at
-    the bottom and right edges)."""
+    """m (36, n * rows * pw, Co) -> out (Co, n, h, W), stored channels-last, with h <= 4 * rows: A^T m A of every
+    tile as one (16 x 36) @ (36 x tiles * Co) GEMM, whose rows of Co outputs are then copied into place (cropped
+    at the bottom and right edges)."""
     co, n, h, w = out.shape
-    y = _SCRATCH.get("y", (n * rows * pw * co, TILE * TILE), m)
-    torch.mm(m.reshape(ALPHA * ALPHA, -1).t(), _output_matrix(m).t(), out=y)
-    y = y.view(n, rows, pw, co, TILE, TILE).permute(3, 0, 1, 4, 2, 5)   # (co, n, rows, TILE, pw, TILE)
+    y = _SCRATCH.get("y", (TILE * TILE, n * rows * pw * co), m)
+    torch.mm(_output_matrix(m), m.reshape(ALPHA * ALPHA, -1), out=y)
+    y = y.view(TILE, TILE, n, rows, pw, co).permute(5, 2, 3, 0, 4, 1)   # (co, n, rows, TILE, pw, TILE)
     if rows * TILE == h and pw * TILE == w:
-        out.view(co, n, rows, TILE, pw, TILE).copy_(y)
+        out.unflatten(3, (pw, TILE)).unflatten(2, (rows, TILE)).copy_(y)
     else:
         out.copy_(y.reshape(co, n, rows * TILE, pw * TILE)[:, :, :h, :w])
 
@@ -216,7 +217,8 @@ def winograd_conv(x, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.T
     """Valid-in-time, same-in-space conv of x (B, C, T, H, W) with a (Co, C, [kt,] 3, 3) weight.
 
     `x` may be a list of tensors whose concatenation along time is the input (a causal conv's repeated first
-    frame or carried-over frames, never concatenated in memory). Output (B, Co, T - kt + 1, H, W); equals
+    frame or carried-over frames, never concatenated in memory). Output (B, Co, T - kt + 1, H, W), stored
+    channels-last (the layout the transforms produce and the next LayerNorm reads without a copy); equals
     conv3d(x, w, b, padding=(0, 1, 1)) up to float rounding. The work is split into blocks of frames x tile rows
     (`_blocks`); a single block transforms the weight one tap at a time (4x one tap, not 4x the whole kernel),
     several blocks share the whole transformed weight.
@@ -243,7 +245,7 @@ def winograd_conv(x, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.T
                      pad=c * n_in * (TILE * rows + 2) * (TILE * pw + 2),
                      half=ALPHA * c * n_in * rows * (TILE * pw + 2))
     whole = None if per_tap else transform_weight(weight, out=_SCRATCH.get("u", (kt * u_size,), like))
-    out = like.new_empty(b, co, t_out, h, w)
+    out = like.new_empty(b, t_out, h, w, co).permute(0, 4, 1, 2, 3)   # channels-last, as the transforms work
     for i in range(b):
         for t0, r0 in blocks:
             n, nr = min(frames, t_out - t0), min(rows, ph - r0)
