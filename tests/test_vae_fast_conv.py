@@ -119,6 +119,22 @@ def test_frame_conv2d_direct_5d_matches_per_frame(kernel, stride, padding):
             assert out.shape == ref.shape and _rel_diff(out, ref) < 1e-6, name
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(1, 1, 0), (3, 2, 0), (3, 1, 1)])
+def test_causal_conv_direct_reads_channels_last_inputs(kernel, stride, padding):
+    """Under the fast path a causal conv that Winograd does not take reads a channels-last input as it is (1x1x1:
+    one GEMM in that layout), with the reference's result."""
+    gen = torch.Generator().manual_seed(10 + kernel + stride)
+    conv = CausalConv3d(8, 12, kernel, stride=stride, padding=padding)
+    base = torch.randn(2, 8, 5, 10, 14, generator=gen)
+    with torch.no_grad():
+        ref = conv(base)
+        for x in (base, base.contiguous(memory_format=torch.channels_last_3d)):
+            conv.reset_stream()
+            conv.fast_conv = True
+            out = conv(x)
+            assert out.shape == ref.shape and _rel_diff(out, ref) < 1e-6
+
+
 def test_upsample_fast_path_is_the_per_frame_upsample():
     up = Upsample(8)
     x = torch.randn(1, 8, 3, 5, 6)
