@@ -5,9 +5,8 @@ temporal taps) becomes, per 6x6 input tile, 36 channel GEMMs instead of 9 taps o
 multiplies (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). The tile transforms
 are element-wise passes over a channels-last copy of the input (so every pass runs along contiguous channels);
 the GEMMs (tiles x Ci) @ (Ci x Co) run in torch's BLAS with both operands contiguous, and the output is written
-channels-last. Float32 results differ
-from the direct convolution by float rounding only (about 1e-5 relative); the direct convolution stays the
-reference.
+channels-last. Float32 results differ from the direct convolution by float rounding only (about 1e-5
+relative); the direct convolution stays the reference.
 
 Temporal taps are sums of GEMMs over shifted frame windows of the transformed input, so a causal 3-D conv
 needs no im2col. Frames are processed in blocks that keep the workspace under `WORKSPACE_BYTES`.
