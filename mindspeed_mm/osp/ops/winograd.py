@@ -25,10 +25,11 @@ WORKSPACE_BYTES = 32 * 2**20
 # 3x3x3 at 64 channels and 2-D 3x3 at 128-256 channels 0.7-1.1x; docs/performance.md).
 MIN_TAP_CHANNELS = 384
 # Per call the weight is transformed anew (caching it would hold 4x the conv weights: 2 GB for the v1.3 WF-VAE);
-# that and the per-frame setup pay off from about 1024 output positions (frames x height x width) per call
-# (measured, 1 thread: 3x3x3 at 512-640 channels on 4x16x16 1.5-1.6x faster, on 1x16x16 1.0-1.2x; 2 threads
-# 1.1-1.3x and 0.7-1.1x). So a 17x128x128 clip's latent-resolution convs (5x16x16) take it, not a 1x16x16 chunk.
-MIN_OUTPUT_POSITIONS = 1024
+# with the weight in `fast_layout` that and the per-frame setup pay off from about 512 output positions (frames x
+# height x width) per call (measured, 2 threads: 3x3x3 at 448-768 channels on 3x16x16 1.25-2.3x faster than the
+# direct conv, on 2x16x16 1.0-1.5x, on 1x16x16 0.8x). So the latent-resolution convs of a 17x128x128 clip take it
+# (v1.3: 5x16x16, v1.5: 3x16x16), not those of a 1x16x16 chunk.
+MIN_OUTPUT_POSITIONS = 512
 
 # Interpolation points 0, +-1, +-2 (the standard F(4, 3) matrices).
 INPUT_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
