@@ -86,16 +86,11 @@ class CausalConv3d(FastConvMixin, nn.Module):
         # PyTorch's CPU heuristic sends conv3d inputs with small B*C*T*H (short chunks, narrow layers) to an
         # im2col kernel that is several times slower and allocates a large column buffer; oneDNN is used
         # directly for float32 CPU inference instead (same result up to float rounding).
-        # Under the fast path a channels-last input (a Winograd conv's output) is not copied: 1x1x1 convs run as
-        # one GEMM in its layout (_pointwise), the others read it channels-last.
         if _plain_cpu_inference(x):
             c = self.conv
-            if (self.fast_conv and c.kernel_size == (1, 1, 1) and c.stride == (1, 1, 1) and c.groups == 1
-                    and c.padding == (0, 0, 0)):
-                return _pointwise(x, c.weight, c.bias)
-            if not (self.fast_conv and x.is_contiguous(memory_format=torch.channels_last_3d)):
-                x = x.contiguous()
-            return torch.ops.aten.mkldnn_convolution(x, c.weight, c.bias, list(c.padding),
+            if self.fast_conv:
+                return _direct_fast(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups)
+            return torch.ops.aten.mkldnn_convolution(x.contiguous(), c.weight, c.bias, list(c.padding),
                                                      list(c.stride), list(c.dilation), c.groups)
         return self.conv(x)
 
@@ -128,34 +123,31 @@ class FrameConv2d(FastConvMixin, nn.Conv2d):
             return per_frame(super().forward, x)
         fast = self._winograd(self, [x])
         if fast is None and self.fast_conv and _plain_cpu_inference(x) and isinstance(self.padding, tuple):
-            if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1:
-                return _pointwise(x, self.weight, self.bias)
-            if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)):
-                x = x.contiguous()
-            return torch.ops.aten.mkldnn_convolution(x, self.weight.unsqueeze(2), self.bias, [0, *self.padding],
-                                                     [1, *self.stride], [1, *self.dilation], self.groups)
+            return _direct_fast(x, self.weight.unsqueeze(2), self.bias, (0, *self.padding), (1, *self.stride),
+                                (1, *self.dilation), self.groups)
         return per_frame(super().forward, x) if fast is None else fast
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """A 1x1 conv of (B, C, T, H, W) as one GEMM over the channels, in x's own layout (channels-last stays
-    channels-last): no contiguous copy of a channels-last input, which at the shortcut of the decoder's widening
-    residual block raised the chunked decode's memory peak."""
-    b, c, t, h, w = x.shape
-    co = weight.shape[0]
-    matrix = weight.reshape(co, c)
-    if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        rows = x.permute(0, 2, 3, 4, 1).reshape(-1, c)
-        out = rows @ matrix.t() if bias is None else torch.addmm(bias, rows, matrix.t())
-        return out.view(b, t, h, w, co).permute(0, 4, 1, 2, 3)
-    x = x.contiguous()
-    out = x.new_empty(b, co, t, h, w)
-    for i in range(b):
-        if bias is None:
-            torch.mm(matrix, x[i].view(c, -1), out=out[i].view(co, -1))
-        else:
-            torch.addmm(bias[:, None], matrix, x[i].view(c, -1), out=out[i].view(co, -1))
-    return out
+def _direct_fast(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding, stride, dilation,
+                 groups: int) -> torch.Tensor:
+    """The fast path's direct conv3d of (B, C, T, H, W): a channels-last input (a Winograd conv's output, the
+    fast LayerNorm's) is read as it is, not copied; a 1x1x1 conv is one GEMM in the input's layout, which also
+    spares oneDNN's reordered copy (at the shortcut of the decoder's widening residual block, that copy raised the
+    chunked decode's memory peak)."""
+    if (tuple(weight.shape[2:]) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and tuple(padding) == (0, 0, 0)
+            and groups == 1):
+        b, c, t, h, w = x.shape
+        matrix = weight.reshape(weight.shape[0], c)
+        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+            out = x.permute(0, 2, 3, 4, 1) @ matrix.t()          # (B, T, H, W, Co), viewed channels-first below
+            out = out if bias is None else out.add_(bias)
+            return out.permute(0, 4, 1, 2, 3)
+        out = matrix @ x.reshape(b, c, -1)
+        out = out if bias is None else out.add_(bias[:, None])
+        return out.view(b, -1, t, h, w)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)):
+        x = x.contiguous()
+    return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(padding), list(stride), list(dilation), groups)
 
 
 def _plain_cpu_inference(x: torch.Tensor) -> bool:
