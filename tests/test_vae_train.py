@@ -418,8 +418,9 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(data, tmp
         for key in r1:
             # the total grad norm adds the GAN gradient times the adaptive weight (~1e3 here): the float noise of
             # the two reduction orders in that gradient reaches ~1e-3 of the norm on some clips; the adaptive weight
-            # itself (d_weight) is a ratio of two such gradient norms (measured: 7e-4 apart in 1 run of 7)
-            rel = 5e-3 if key in ("grad_norm", "d_weight") else 1e-4
+            # itself (d_weight) is a ratio of two such gradient norms (measured: 7e-4 apart in 1 run of 7), and the
+            # total loss carries it (d_weight * g_loss; measured 3e-4 apart in another run)
+            rel = 5e-3 if key in ("grad_norm", "d_weight", "loss") else 1e-4
             assert r2[key] == pytest.approx(r1[key], rel=rel, abs=1e-6), key
     a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
     for part in ("vae", "disc"):
