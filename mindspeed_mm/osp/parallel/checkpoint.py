@@ -26,6 +26,7 @@ from megatron.core import parallel_state
 
 from mindspeed_mm.osp.checkpoints.runs import LATEST, iteration_dir, resolve
 from mindspeed_mm.osp.parallel import rng
+from mindspeed_mm.osp.parallel.train import use_fused_cpu_adam
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def _load_optimizer_state(optimizer, state) -> None:
         for dist_opt in patched:
             del dist_opt._set_main_param_and_optimizer_states  # back to the class's method
     _unshare_adam_steps(optimizer)
+    use_fused_cpu_adam(optimizer)   # the loaded param groups carry the saving run's settings
 
 
 def _optimizer_format() -> dict:

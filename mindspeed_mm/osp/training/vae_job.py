@@ -376,12 +376,14 @@ class _Run:
         torch.manual_seed(config.seed)
         self.loss = WFVAELoss(config.loss).to(device).train()
         o = config.optimizer
+        # torch's fused CPU kernel updates all parameters in one pass (by default it loops over them on the CPU)
+        fused = True if device.type == "cpu" else None
         self.opt_g = torch.optim.AdamW(vae.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                       weight_decay=o.weight_decay)
+                                       weight_decay=o.weight_decay, fused=fused)
         self.opt_d = torch.optim.AdamW(self.loss.discriminator.parameters(), lr=o.disc_lr or o.lr,
                                        betas=tuple(o.betas), eps=o.eps,
                                        weight_decay=o.weight_decay if o.disc_weight_decay is None
-                                       else o.disc_weight_decay)
+                                       else o.disc_weight_decay, fused=fused)
         self.ema = WeightEMA(vae, o.ema_decay) if o.ema_decay is not None else None
         self.step = 0
         if saved is not None:
