@@ -257,3 +257,32 @@ def test_sharded_ema_follows_its_formula_and_survives_a_checkpoint(engine, tmp_p
         training_step(pmodel2, optimizer2, loss_fn, inputs, loss, clip=-1.0)
     with pytest.raises(KeyError, match="no clip tensors"):
         parallel.load_checkpoint(pmodel2, optimizer2, str(tmp_path), tensor_groups=("clip",))
+
+
+def _torch_adams(optimizer):
+    return [inner.optimizer for inner in getattr(optimizer, "chained_optimizers", [optimizer])]
+
+
+def test_cpu_adam_runs_fused_and_updates_like_the_per_parameter_loop(engine, tmp_path):
+    """On CPU the engine's torch AdamW uses the fused kernel, also after a resume; its weights follow torch's
+    per-parameter update within float rounding."""
+    runs = {}
+    for fused in (True, False):
+        pmodel, optimizer = _build()
+        groups = [g for adam in _torch_adams(optimizer) for g in adam.param_groups]
+        assert groups and all(g["fused"] and not g["foreach"] for g in groups)
+        if not fused:
+            for g in groups:
+                g["fused"], g["foreach"] = False, False
+        for step in range(3):
+            inputs, loss = _batch(step)
+            assert training_step(pmodel, optimizer, loss_fn, inputs, loss, clip=1.0).applied
+        runs[fused] = (_main_weights(pmodel), pmodel, optimizer)
+    fused_w, plain_w = runs[True][0], runs[False][0]
+    assert max((fused_w[k] - plain_w[k]).abs().max().item() for k in fused_w) < 1e-6
+
+    _, pmodel, optimizer = runs[False]   # saved by a run on the per-parameter loop
+    parallel.save_checkpoint(pmodel, optimizer, str(tmp_path), 3)
+    pmodel2, optimizer2 = _build()
+    parallel.load_checkpoint(pmodel2, optimizer2, str(tmp_path))
+    assert all(g["fused"] for adam in _torch_adams(optimizer2) for g in adam.param_groups)

@@ -107,8 +107,8 @@ def make_optimizer(pmodel, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 
 def use_fused_cpu_adam(optimizer) -> None:
     """Switch torch Adam(W)s whose parameters are all on the CPU to torch's fused CPU kernel. By default torch
     updates CPU parameters one at a time (a few element-wise ops each); the fused kernel does the same update in
-    one pass, 4x faster for the default model's 234 parameters, equal within float rounding (7e-7 apart after 30
-    steps; benchmarks/cpu_train_overheads.py). Megatron builds torch's AdamW when neither apex nor Transformer Engine
+    one pass, 3x faster for the default model's 234 parameters, equal within float rounding (5e-7 apart after 30
+    steps; benchmarks/cpu_train_overheads.py). A resumed run gets it too: loading restores the saved groups' flags. Megatron builds torch's AdamW when neither apex nor Transformer Engine
     is installed; on accelerators those fused optimizers (or torch's foreach default) are kept."""
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         torch_optimizer = getattr(inner, "optimizer", None)
@@ -177,8 +177,8 @@ def _finalize_grads(chunks, layout, before_reduce=None) -> None:
 def _all_reduce_instead_of_reduce_scatter(chunk) -> bool:
     """On gloo, the distributed optimizer's gradients are all-reduced rather than reduce-scattered (megatron's
     `force_all_reduce`, 0.13+; each rank then reads its own shard, whose sums are the same): gloo's reduce-scatter
-    of a buffer takes about twice as long as its all-reduce (3.6M fp32 gradients, 2 processes on 2 cores: 29 against
-    14 ms, benchmarks/cpu_train_overheads.py)."""
+    of a buffer is slower than its all-reduce (3.6M fp32 gradients, 2 processes on 2 cores: 1.2-2x,
+    benchmarks/cpu_train_overheads.py)."""
     if not getattr(chunk, "ddp_config", None) or not chunk.ddp_config.use_distributed_optimizer:
         return False
     if "force_all_reduce" not in inspect.signature(chunk.finish_grad_sync).parameters:
