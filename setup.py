@@ -18,24 +18,28 @@ class BuildPyWithPth(build_py):
         self.copy_file("mindspeed_mm_osp.pth", os.path.join(self.build_lib, "mindspeed_mm_osp.pth"))
 
 
+# PyAV 18.1.1 deadlocks forked DataLoader workers that decode video once the parent has used PyAV
+# (tests/test_data_dataset.py hangs with it and passes with 18.1.0, same machine).
+PYAV = "av>=11,!=18.1.1"
+
 EXTRAS = {
     # The README's main job (the embedded default model's sample and WF-VAE demo): mp4 I/O and the text encoders.
-    "quickstart": ["av>=11", "transformers>=4.40", "tokenizers"],
+    "quickstart": [PYAV, "transformers>=4.40", "tokenizers"],
     "test": ["pytest>=7"],
     # PyAV first; decord (fast, what Open-Sora Plan uses) and OpenCV are picked up when installed.
-    "video": ["av>=11", "opencv-python-headless>=4.8",
+    "video": [PYAV, "opencv-python-headless>=4.8",
               'decord>=0.6; platform_machine == "x86_64" and python_version < "3.12"'],
     "megatron": ["megatron-core>=0.12.1,<0.17"],
     # `osp convert dit --to diffusers` and pipeline folders: sharded safetensors via huggingface_hub.
     "convert": ["huggingface_hub>=0.24"],
     "text": ["transformers>=4.40", "tokenizers", "sentencepiece"],
     # `osp sample`: the v1.3 sampler is diffusers' Euler-ancestral scheduler; images via Pillow.
-    "sample": ["diffusers>=0.30", "transformers>=4.40", "tokenizers", "sentencepiece", "pillow", "av>=11",
+    "sample": ["diffusers>=0.30", "transformers>=4.40", "tokenizers", "sentencepiece", "pillow", PYAV,
                "huggingface_hub>=0.24"],
     "triton": ["triton>=3.0"],
     # `osp data curate`: jump cuts (PySceneDetect), optical flow (OpenCV), slicing (PyAV). EasyOCR is not listed: it
     # pulls its own torch/torchvision (and CUDA wheels) over ours; install it by hand next to a matching torch.
-    "curate": ["scenedetect-headless>=0.7", "opencv-python-headless>=4.8", "av>=11"],
+    "curate": ["scenedetect-headless>=0.7", "opencv-python-headless>=4.8", PYAV],
     # MindSpore 2.10 breaks in PyNative with numpy 2.x (shared specs, ascend.md A2): pin numpy < 2 with it.
     "mindspore": ["mindspore>=2.6,<2.11", "numpy<2"],
 }

@@ -141,7 +141,8 @@ def test_dataloader_with_the_grouped_sampler_resumes_exactly(tmp_path):
     ds = dataset(tmp_path, items, caption_dropout=0.0)
 
     def loader(sampler):
-        return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=2, collate_fn=collate)
+        # a hung worker fails the test (timeout, seconds per batch) instead of hanging the suite
+        return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=2, collate_fn=collate, timeout=120)
 
     sampler = GroupedBatchSampler(ds.assignment.bucket_of, micro_batch_size=2, seed=1)
     full = [(b["index"].tolist(), tuple(b["video"].shape), decoded_index(b["video"][0])) for b in loader(sampler)]
