@@ -108,8 +108,9 @@ def use_fused_cpu_adam(optimizer) -> None:
     """Switch torch Adam(W)s whose parameters are all on the CPU to torch's fused CPU kernel. By default torch
     updates CPU parameters one at a time (a few element-wise ops each); the fused kernel does the same update in
     one pass, 3x faster for the default model's 234 parameters, equal within float rounding (5e-7 apart after 30
-    steps; benchmarks/cpu_train_overheads.py). A resumed run gets it too: loading restores the saved groups' flags. Megatron builds torch's AdamW when neither apex nor Transformer Engine
-    is installed; on accelerators those fused optimizers (or torch's foreach default) are kept."""
+    steps; benchmarks/cpu_train_overheads.py). The checkpoint loader calls it again, as loading restores the saved
+    groups' flags. Megatron builds torch's AdamW when neither apex nor Transformer Engine is installed; on
+    accelerators those fused optimizers (or torch's foreach default) are kept."""
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         torch_optimizer = getattr(inner, "optimizer", None)
         if not isinstance(torch_optimizer, torch.optim.Adam):   # AdamW is a subclass
