@@ -4,7 +4,9 @@
   fused CPU kernel that `parallel.make_optimizer` and the VAE trainer switch to on CPU (and how far its weights
   end up from the default's);
 * the data-parallel gradient reduction of the distributed optimizer over gloo, 2 processes: reduce-scatter (what
-  megatron does) against all-reduce (what `osp train` asks megatron for on gloo, `force_all_reduce`).
+  megatron does) against all-reduce (what `osp train` asks megatron for on gloo, `force_all_reduce`);
+* the gradient norm and the clipping scale over the model's gradients: megatron's local fallbacks (used without
+  apex / Transformer Engine) against the foreach versions the CPU adaptor installs (`parallel/cpu_adaptor.py`).
 
     python -m benchmarks.cpu_train_overheads                              # the default model's DiT, 1 thread
     python -m benchmarks.cpu_train_overheads --config examples/train/osp15_suv_tiny.json
@@ -48,6 +50,34 @@ def adam_ms(shapes: list, mode: str, steps: int) -> tuple[float, torch.Tensor]:
         optimizer.step()
         times.append(time.perf_counter() - tick)
     return 1000 * statistics.median(times), torch.cat([p.detach().flatten() for p in params])
+
+
+def norm_and_scale_ms(shapes: list, repeat: int) -> dict:
+    """Median ms of megatron's local L2-norm / scale fallbacks and of the adaptor's foreach ones, and the two
+    norms' relative difference."""
+    from megatron.core import utils
+
+    from mindspeed_mm.osp.parallel import cpu_adaptor
+    from mindspeed_mm.osp.parallel.cpu_adaptor import foreach_l2_norm, foreach_scale
+
+    cpu_adaptor.apply()   # megatron's fallback returns its norm on device "cuda"
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    calls = {"norm megatron": lambda: utils.local_multi_tensor_l2_norm(2048, None, [grads], False),
+             "norm foreach": lambda: foreach_l2_norm(2048, None, [grads], False),
+             "scale megatron": lambda: utils.local_multi_tensor_scale(2048, None, [grads, grads], 1.0),
+             "scale foreach": lambda: foreach_scale(2048, None, [grads, grads], 1.0)}
+    out = {}
+    for name, fn in calls.items():
+        times = []
+        for _ in range(repeat):
+            tick = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - tick)
+        out[name] = 1000 * statistics.median(times)
+    a, b = float(calls["norm megatron"]()[0]), float(calls["norm foreach"]()[0])
+    out["norm rel diff"] = abs(a - b) / a
+    return out
 
 
 def _reduce_worker(rank: int, port: int, numel: int, repeat: int, results) -> None:
@@ -112,6 +142,11 @@ def main() -> None:
         diff = (weights[mode] - weights["default"]).abs().max().item()
         print(f"AdamW {mode:8s} {ms[mode]:7.2f} ms/step  {ms['default'] / ms[mode]:5.2f}x the default  "
               f"max |w - w_default| after {args.steps} steps: {diff:.1e}")
+    t = norm_and_scale_ms(shapes, args.repeat)
+    print(f"gradient norm: megatron's fallback {t['norm megatron']:.2f} ms, foreach {t['norm foreach']:.2f} ms "
+          f"({t['norm megatron'] / t['norm foreach']:.1f}x, relative difference {t['norm rel diff']:.1e}); "
+          f"clipping scale: {t['scale megatron']:.2f} ms, foreach {t['scale foreach']:.2f} ms "
+          f"({t['scale megatron'] / t['scale foreach']:.1f}x)")
     even = numel + numel % 2
     times = reduce_ms(even, args.repeat)
     print(f"gloo, 2 processes, {even * 4 / 2 ** 20:.1f} MiB of fp32 gradients: reduce-scatter "

@@ -94,13 +94,20 @@ def test_captions_name_every_object_in_the_vocabulary(dataset):
 
 
 def test_deterministic_for_a_seed(tmp_path):
-    def make(folder, seed):
-        make_shapes_dataset(tmp_path / folder, videos=6, images=2, seed=seed)
+    def make(folder, seed, workers=1):
+        make_shapes_dataset(tmp_path / folder, videos=6, images=2, seed=seed, workers=workers)
         return (tmp_path / folder / "anno.json").read_bytes(), (tmp_path / folder / "shapes.json").read_bytes()
 
     first = make("a", 5)
     assert make("b", 5) == first
     assert make("c", 6) != first
+    assert make("d", 5, workers=2) == first      # the files are written by two processes, the data is the same
+    anno = json.loads(first[0])
+    for item in anno:
+        one, two = ((read_frames(tmp_path / folder / item["path"], range(item["num_frames"]), backend="av")
+                     if item["path"].endswith(".mp4") else read_image(str(tmp_path / folder / item["path"])))
+                    for folder in ("a", "d"))
+        assert one.shape[0] == item["num_frames"] and bool((one == two).all()), item["path"]
 
 
 def test_refuses_a_non_empty_folder_and_bad_arguments(tmp_path):

@@ -286,3 +286,51 @@ def test_cpu_adam_runs_fused_and_updates_like_the_per_parameter_loop(engine, tmp
     pmodel2, optimizer2 = _build()
     parallel.load_checkpoint(pmodel2, optimizer2, str(tmp_path))
     assert all(g["fused"] for adam in _torch_adams(optimizer2) for g in adam.param_groups)
+
+
+def test_cpu_grad_norm_and_scaling_match_megatrons_local_fallbacks(engine):
+    """On CPU megatron's clip_grads runs the adaptor's foreach norm and scaling, which agree with megatron's own
+    per-parameter fallbacks (the ones it uses without apex / Transformer Engine)."""
+    from megatron.core import utils
+    from megatron.core.optimizer import clip_grads
+
+    from mindspeed_mm.osp.parallel.cpu_adaptor import foreach_l2_norm, foreach_scale
+
+    assert clip_grads.l2_norm_impl is foreach_l2_norm and clip_grads.multi_tensor_scale_impl is foreach_scale
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=g) for shape in [(3, 5), (7,), (1,), (4, 2, 2)]]
+    mine, _ = foreach_l2_norm(2048, None, [grads], False)
+    megatrons, _ = utils.local_multi_tensor_l2_norm(2048, None, [grads], False)
+    assert mine.shape == megatrons.shape == (1,) and mine.dtype == torch.float32
+    torch.testing.assert_close(mine, megatrons.to(mine.device), rtol=1e-6, atol=0)
+    assert float(foreach_l2_norm(2048, None, [[]], False)[0]) == 0.0
+    in_place, expected = [t.clone() for t in grads], [t * 0.25 for t in grads]
+    foreach_scale(2048, None, [in_place, in_place], 0.25)
+    targets = [torch.zeros_like(t, dtype=torch.float64) for t in grads]
+    foreach_scale(2048, None, [grads, targets], 0.25)
+    for a, b, c in zip(in_place, targets, expected):
+        assert torch.equal(a, c) and torch.equal(b, c.double())
+
+
+def test_tensor_parallel_1_linears_equal_megatrons_path(engine):
+    """At tensor parallel 1 the engine's linears are plain matmuls; megatron's autograd path gives the same loss
+    and gradients."""
+    from mindspeed_mm.osp.parallel.layers import ColumnLinear, ConditioningLinear, RowLinear
+    from mindspeed_mm.osp.parallel.train import forward_backward
+
+    pmodel, optimizer = _build()
+    layers = [m for m in pmodel.modules() if isinstance(m, (ColumnLinear, RowLinear, ConditioningLinear))]
+    assert {type(m) for m in layers} == {ColumnLinear, RowLinear, ConditioningLinear}
+    assert all(m.single_rank for m in layers)
+    inputs, loss_inputs = _batch(0)
+    runs = []
+    for single_rank in (True, False):
+        for m in layers:
+            m.single_rank = single_rank
+        loss = forward_backward(pmodel, optimizer, loss_fn, 1, loss_inputs, **inputs)
+        runs.append((loss, {n: p.main_grad.clone() for n, p in pmodel.named_parameters()}))
+    (loss_fast, g_fast), (loss_megatron, g_megatron) = runs
+    assert loss_fast == pytest.approx(loss_megatron, rel=1e-6)
+    assert any(g.abs().sum() > 0 for g in g_fast.values())
+    for name in g_fast:
+        torch.testing.assert_close(g_fast[name], g_megatron[name], rtol=1e-4, atol=1e-7)

@@ -99,6 +99,9 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the clips (default 8)")
     p.add_argument("--two-object-fraction", type=float, default=0.15,
                    help="share of clips with a second object (default 0.15)")
+    p.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+                   help="processes rendering and encoding the files (default: one per CPU core); the data is the "
+                        "same for any N")
     p.set_defaults(func=_run(_make_shapes))
 
 
@@ -196,7 +199,7 @@ def _make_shapes(args) -> int:
         raise ValueError(f"--sizes takes HEIGHTxWIDTH pairs and --frames numbers, comma-separated (e.g. --sizes "
                          f"64x64,48x80 --frames 17,25); got --sizes {args.sizes} --frames {args.frames}") from None
     path = make_shapes_dataset(args.output, args.videos, args.images, args.seed, sizes, frames, args.fps,
-                               args.two_object_fraction)
+                               args.two_object_fraction, workers=args.workers)
     print(f"wrote {args.videos} videos and {args.images} images to {path.parent}; dataset: {path}; "
           f"ground truth: {path.parent / 'shapes.json'}")
     print("held out (never in the data): " + ", ".join(" ".join(h) for h in HELD_OUT))

@@ -265,24 +265,37 @@ def _ground_truth(path: str, objects: Sequence[ShapeObject], background: Backgro
     return {"path": path, "objects": rounded, "background": asdict(background)}
 
 
+def _write_item(job: tuple) -> None:
+    """Render and write one planned item: (path, objects, frames, height, width, background, fps); fps None = jpg."""
+    path, objects, frames, height, width, background, fps = job
+    pixels = render_clip(objects, frames, height, width, background)
+    if fps is None:
+        from PIL import Image
+
+        Image.fromarray(pixels[0]).save(path, quality=95)
+    else:
+        from mindspeed_mm.osp.data.video_io import write_video
+
+        write_video(path, pixels, fps)
+
+
 def make_shapes_dataset(out, videos: int, images: int, seed: int,
                         sizes: Sequence[Sequence[int]] = ((64, 64), (48, 80), (80, 48)),
                         frames: Sequence[int] = (17, 25), fps: float = 8.0,
-                        two_object_fraction: float = 0.15) -> Path:
+                        two_object_fraction: float = 0.15, workers: int = 1) -> Path:
     """Write `out/videos/*.mp4`, `out/images/*.jpg`, `out/anno.json` (OSP annotation, 2-3 captions per item),
     `out/data.txt` and `out/shapes.json` (settings, `HELD_OUT` and per-item ground truth); returns data.txt's path.
 
     Sizes are (height, width); clips cycle through every size and frame count, so several buckets are used. Videos
     cycle through a shuffled list of `seen_combinations()`, images through the colour/shape pairs whose still
-    triple is seen. Deterministic for a seed. Refuses a non-empty `out`.
+    triple is seen. Deterministic for a seed, whatever `workers`: every random choice is drawn first, in one
+    process; then `workers` processes render and encode the files. Refuses a non-empty `out`.
     """
-    from PIL import Image
-
-    from mindspeed_mm.osp.data.video_io import write_video
-
     sizes = [tuple(int(v) for v in s) for s in sizes]
     frames = [int(f) for f in frames]
     _check_arguments(videos, images, sizes, frames, fps, two_object_fraction)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose a new folder or remove it")
@@ -293,7 +306,7 @@ def make_shapes_dataset(out, videos: int, images: int, seed: int,
     combos = seen_combinations()
     combo_order = rng.permutation(len(combos))
     layouts = [(f, h, w) for f in frames for h, w in sizes]
-    entries, truth = [], []
+    entries, truth, jobs = [], [], []
     for i in range(videos):
         num_frames, height, width = layouts[i % len(layouts)]
         objects = [place_object(rng, *combos[combo_order[i % len(combos)]], height, width)]
@@ -302,7 +315,7 @@ def make_shapes_dataset(out, videos: int, images: int, seed: int,
             objects += [second] if second else []
         background = random_background(rng)
         name = f"videos/{i:05d}.mp4"
-        write_video(out / name, render_clip(objects, num_frames, height, width, background), fps)
+        jobs.append((out / name, objects, num_frames, height, width, background, fps))
         entries.append({"path": name, "cap": captions(objects, rng), "num_frames": num_frames, "fps": fps,
                         "resolution": {"height": height, "width": width}})
         truth.append(_ground_truth(name, objects, background))
@@ -314,10 +327,19 @@ def make_shapes_dataset(out, videos: int, images: int, seed: int,
         objects = [place_object(rng, *pairs[pair_order[i % len(pairs)]], "still", height, width)]
         background = random_background(rng)
         name = f"images/{i:05d}.jpg"
-        Image.fromarray(render_clip(objects, 1, height, width, background)[0]).save(out / name, quality=95)
+        jobs.append((out / name, objects, 1, height, width, background, None))
         entries.append({"path": name, "cap": captions(objects, rng, image=True), "num_frames": 1,
                         "resolution": {"height": height, "width": width}})
         truth.append(_ground_truth(name, objects, background))
+
+    if workers == 1 or len(jobs) < 2:
+        for job in jobs:
+            _write_item(job)
+    else:   # spawned, not forked: a forked child of a process that used the video codecs can deadlock in them
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            pool.map(_write_item, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
 
     manifest = {"seed": seed, "videos": videos, "images": images, "sizes": [list(s) for s in sizes],
                 "frames": frames, "fps": fps, "two_object_fraction": two_object_fraction,
