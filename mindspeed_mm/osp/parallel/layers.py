@@ -67,9 +67,10 @@ class ColumnLinear(ColumnParallelLinear):
     """Output features split over TP (heads / FFN neurons); under SP it first gathers the sequence.
 
     `input_gathered`: the enclosing module already gathered the sequence (one gather for q, k and v; its
-    backward reduce-scatter sums the input gradient), so this is a plain local matmul. So is every linear of
-    this module at tensor parallel 1 (`single_rank`): megatron's path would add only identity collectives and
-    its Python autograd function (about 0.1 ms per linear per step, 4% of the default model's CPU step).
+    backward reduce-scatter sums the input gradient), so this is a plain local matmul. At tensor parallel 1
+    (`single_rank`, set by `_from_linear`) all three linears of this file are plain matmuls: megatron's path
+    would add only identity collectives and its Python autograd function (about 0.1 ms per linear per step, 4%
+    of the default model's CPU step).
     """
 
     input_gathered = False
