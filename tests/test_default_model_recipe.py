@@ -39,7 +39,9 @@ def test_the_recipe_runs_every_stage_into_a_pipeline_that_samples(tmp_path):
     vae_data = runs / "shapes_vae_data"
     assert json.loads((runs / "shapes_vae" / "config.json").read_text())["data"]["source"] == str(vae_data / "data.txt")
     assert json.loads((vae_data / "anno.json").read_text()) == json.loads((runs / "shapes" / "anno.json").read_text())[:8]
-    # NPROC=2, the default: the DiT trained as 2 data-parallel ranks of micro batch 4 (global batch 8)
+    # NPROC=2, the default: the features extracted by 2 processes (each its share of the shards), the DiT trained
+    # as 2 data-parallel ranks of micro batch 4 (global batch 8)
+    assert "rank 0/2: wrote" in done.stdout and "rank 1/2: wrote" in done.stdout, done.stdout[-4000:]
     assert json.loads((runs / "shapes_dit" / "config.json").read_text())["data"]["micro_batch_size"] == 4
     assert (runs / "shapes_dit" / "checkpoints" / "latest").read_text().strip() == "2"
     pipe = load_pipeline(runs / "shapes_pipeline")
